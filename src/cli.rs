@@ -1,0 +1,124 @@
+//! Command-line interface (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const EXIT_CODES: &str = "Exit codes:
+  0    success: every stage ran or was served from the cache
+  1    a stage failed, or was skipped because one it depends on failed
+  2    the command line or the pipeline file is invalid
+  3    the store or the workspace could not be read or written
+  130  interrupted (Ctrl-C or SIGTERM); nothing half-made was stored";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taoflow",
+    version,
+    about = "Transfer-learning pipelines: convert, augment, train, evaluate, prune, quantize, export — content-hashed and cached",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// The store (cache) folder. Default: `cache/` in the nearest folder above the pipeline
+    /// file that has a `cache/` folder or a `.git`, else beside the pipeline file.
+    #[arg(long, global = true, env = "TAOFLOW_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug); `TAOFLOW_LOG` takes a tracing filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PipelineArg {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Override a parameter: `-S train.lr=0.02`, `-S pipeline.seed=7`.
+    #[arg(short = 'S', long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the stages whose inputs or parameters changed; serve the rest from the store.
+    #[command(after_help = EXIT_CODES)]
+    Run {
+        #[command(flatten)]
+        p: PipelineArg,
+        /// Show what would run, and why, without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run stages even if cached: all of them, or `--force=STAGE` (repeatable).
+        #[arg(long, num_args = 0..=1, default_missing_value = "*", value_name = "STAGE")]
+        force: Vec<String>,
+        /// Run only this stage (repeatable); the stages it reads from must be up to date.
+        #[arg(long, value_name = "STAGE")]
+        only: Vec<String>,
+        /// With --only: also run every stage that depends on it.
+        #[arg(long, requires = "only")]
+        downstream: bool,
+        /// Stages to run at once (default: number of CPUs).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// After a failure, go on with the stages that do not depend on it.
+        #[arg(short, long)]
+        keep_going: bool,
+        /// Print one JSON object per stage on stdout: name, status (ran, cached, failed,
+        /// skipped, would-run, interrupted), key, reasons.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each stage that is not up to date, and why (which parameter or input changed).
+    Status {
+        #[command(flatten)]
+        p: PipelineArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph: text, Graphviz (--dot) or Mermaid (--mermaid).
+    Dag {
+        #[command(flatten)]
+        p: PipelineArg,
+        #[arg(long, conflicts_with = "mermaid")]
+        dot: bool,
+        #[arg(long)]
+        mermaid: bool,
+    },
+    /// Show the metrics of the last run as a table.
+    Show {
+        #[command(flatten)]
+        p: PipelineArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove from the store what no lock file and no recent manifest reaches.
+    Gc {
+        /// Keep manifests younger than this many days even if no lock file names them.
+        #[arg(long, default_value_t = 7.0)]
+        keep_days: f64,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// A pipeline whose store to clean (otherwise --store or ./cache).
+        pipeline: Option<PathBuf>,
+    },
+    /// Restore the outputs recorded in the lock file into the workspace, from the store.
+    Checkout {
+        pipeline: PathBuf,
+        /// Only these stages (default: all).
+        stages: Vec<String>,
+    },
+    /// Re-run what a changed file or parameter affects, until Ctrl-C.
+    Watch {
+        #[command(flatten)]
+        p: PipelineArg,
+        /// Quiet period before a re-run, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        debounce_ms: u64,
+        #[arg(short, long)]
+        jobs: Option<usize>,
+    },
+}

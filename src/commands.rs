@@ -1,0 +1,575 @@
+//! The subcommands. Each returns the process exit code.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::cli::{Cli, Command, PipelineArg};
+use crate::config::{self, Pipeline};
+use crate::engine::{self, RunOptions, RunSummary, Status};
+use crate::graph::{self, Graph, InputSource};
+use crate::lockfile::LockFile;
+use crate::store::Store;
+use crate::ui::{color_enabled, Ui};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_STAGE_FAILED: i32 = 1;
+pub const EXIT_INVALID: i32 = 2;
+pub const EXIT_STORE: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Where the store is: `--store`/`TAOFLOW_STORE`, else `cache/` in the nearest folder
+/// above the pipeline that has a `cache/` folder or is a git checkout, else beside it.
+pub fn store_root(flag: Option<&Path>, pipeline_dir: &Path) -> PathBuf {
+    if let Some(s) = flag {
+        return s.to_path_buf();
+    }
+    for anc in pipeline_dir.ancestors() {
+        if anc.join("cache").is_dir() || anc.join(".git").exists() {
+            return anc.join("cache");
+        }
+    }
+    pipeline_dir.join("cache")
+}
+
+fn eprint_error(msg: &str) {
+    let head = if color_enabled() { "\x1b[1;31merror\x1b[0m" } else { "error" };
+    eprintln!("{head}: {msg}");
+}
+
+/// Load and validate a pipeline and its graph; print diagnostics on failure.
+fn load(p: &PipelineArg) -> Result<(Arc<Pipeline>, Arc<Graph>), i32> {
+    let pipeline = config::load(&p.pipeline, &p.set).map_err(|d| {
+        eprint!("{}", d.render(color_enabled()));
+        EXIT_INVALID
+    })?;
+    let g = graph::build(&pipeline).map_err(|d| {
+        eprint!("{}", d.render(color_enabled()));
+        EXIT_INVALID
+    })?;
+    Ok((Arc::new(pipeline), Arc::new(g)))
+}
+
+fn open_store(cli: &Cli, p: &Pipeline) -> Result<Arc<Store>, i32> {
+    let root = store_root(cli.store.as_deref(), &p.dir);
+    Store::open(&root).map(Arc::new).map_err(|e| {
+        eprint_error(&format!("{e}\n  = hint: pass --store DIR or set TAOFLOW_STORE to a writable folder"));
+        EXIT_STORE
+    })
+}
+
+/// Cancellation: the first Ctrl-C (or SIGTERM) stops cleanly, a second one exits at once.
+pub fn cancel_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            }
+            count += 1;
+            if count == 1 {
+                eprintln!("\ninterrupted: stopping running stages (press Ctrl-C again to quit at once)");
+                let _ = tx.send(true);
+            } else {
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+        }
+    });
+    rx
+}
+
+fn summary_line(s: &RunSummary, elapsed: Duration) -> String {
+    let mut parts = vec![format!("{} ran", s.count(Status::Ran)), format!("{} cached", s.count(Status::Cached))];
+    for (st, w) in [(Status::Failed, "failed"), (Status::Skipped, "skipped"), (Status::Interrupted, "interrupted"), (Status::WouldRun, "would run")] {
+        let c = s.count(st);
+        if c > 0 {
+            parts.push(format!("{c} {w}"));
+        }
+    }
+    format!("{} stage(s): {} in {:.2}s", s.reports.len(), parts.join(", "), elapsed.as_secs_f64())
+}
+
+fn exit_code(s: &RunSummary) -> i32 {
+    if s.interrupted {
+        EXIT_INTERRUPTED
+    } else if s.ok() {
+        EXIT_OK
+    } else {
+        EXIT_STAGE_FAILED
+    }
+}
+
+pub async fn main(cli: Cli) -> i32 {
+    match &cli.command {
+        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json } => {
+            let t0 = Instant::now();
+            let (pipeline, g) = match load(p) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let force_all = force.iter().any(|f| f == "*");
+            let force: Vec<String> = force.iter().filter(|f| *f != "*").cloned().collect();
+            for (names, flag) in [(&force, "--force"), (only, "--only")] {
+                if let Err(e) = engine::check_stage_names(&pipeline, names, flag) {
+                    eprint_error(&e);
+                    return EXIT_INVALID;
+                }
+            }
+            let store = match open_store(&cli, &pipeline) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            let opts = RunOptions {
+                dry_run: *dry_run,
+                force_all,
+                force,
+                only: only.clone(),
+                downstream: *downstream,
+                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+                keep_going: *keep_going,
+            };
+            let ui = Arc::new(Ui::new(*json));
+            let cancel = cancel_on_signals();
+            let s = engine::run(pipeline, g, store, opts, ui, cancel).await;
+            if !*json {
+                eprintln!("{}", summary_line(&s, t0.elapsed()));
+            }
+            exit_code(&s)
+        }
+        Command::Status { p, json } => {
+            let (pipeline, g) = match load(p) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let store = match open_store(&cli, &pipeline) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            let opts = RunOptions { dry_run: true, jobs: 4, ..Default::default() };
+            struct Silent;
+            impl engine::Reporter for Silent {
+                fn started(&self, _: &str) {}
+                fn waiting(&self, _: &str, _: &str) {}
+                fn finished(&self, _: &engine::StageReport) {}
+                fn warn(&self, m: &str) {
+                    eprintln!("warning: {m}");
+                }
+            }
+            let (_tx, rx) = watch::channel(false);
+            let s = engine::run(Arc::clone(&pipeline), g, store, opts, Arc::new(Silent), rx).await;
+            if *json {
+                for r in &s.reports {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                }
+                return EXIT_OK;
+            }
+            let ui = Ui::for_status();
+            let mut stale = 0;
+            for r in &s.reports {
+                if r.status == Status::Cached && r.restored.is_empty() {
+                    continue;
+                }
+                stale += 1;
+                println!("{}", ui.describe(r));
+            }
+            if stale == 0 {
+                println!("{}: all {} stage(s) up to date", pipeline.path.display(), s.reports.len());
+            }
+            EXIT_OK
+        }
+        Command::Dag { p, dot, mermaid } => {
+            let (pipeline, g) = match load(p) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            print!("{}", render_dag(&pipeline, &g, if *dot { DagFormat::Dot } else if *mermaid { DagFormat::Mermaid } else { DagFormat::Text }));
+            EXIT_OK
+        }
+        Command::Show { p, json } => {
+            let (pipeline, _g) = match load(p) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let store = match open_store(&cli, &pipeline) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            show(&pipeline, &store, *json)
+        }
+        Command::Gc { keep_days, dry_run, pipeline } => {
+            let root = match (&cli.store, pipeline) {
+                (Some(s), _) => s.clone(),
+                (None, Some(p)) => {
+                    let dir = p.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).unwrap_or(Path::new("."));
+                    store_root(None, &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+                }
+                (None, None) => store_root(None, &std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))),
+            };
+            if !root.join("CACHEDIR.TAG").exists() {
+                eprint_error(&format!("`{}` is not a taoflow store (no CACHEDIR.TAG)\n  = hint: pass --store DIR", root.display()));
+                return EXIT_STORE;
+            }
+            match Store::open(&root) {
+                Ok(s) => gc(&s, *keep_days, *dry_run),
+                Err(e) => {
+                    eprint_error(&e.to_string());
+                    EXIT_STORE
+                }
+            }
+        }
+        Command::Checkout { pipeline, stages } => {
+            let arg = PipelineArg { pipeline: pipeline.clone(), set: Vec::new() };
+            let (p, _g) = match load(&arg) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            if let Err(e) = engine::check_stage_names(&p, stages, "checkout") {
+                eprint_error(&e);
+                return EXIT_INVALID;
+            }
+            let store = match open_store(&cli, &p) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            checkout(&p, &store, stages)
+        }
+        Command::Watch { p, debounce_ms, jobs } => watch_cmd(&cli, p, *debounce_ms, *jobs).await,
+    }
+}
+
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+fn input_text(p: &Pipeline, src: &InputSource, label: &str) -> String {
+    match src {
+        InputSource::Artifact { stage, output, sub } => {
+            let base = format!("{}.{}", p.stages[*stage].name, output);
+            match sub {
+                Some(s) => format!("{base}/{}", s.display()),
+                None => base,
+            }
+        }
+        InputSource::Path { .. } => label.to_string(),
+    }
+}
+
+pub fn render_dag(p: &Pipeline, g: &Graph, fmt: DagFormat) -> String {
+    let mut out = String::new();
+    match fmt {
+        DagFormat::Text => {
+            for &i in &g.order {
+                let s = &p.stages[i];
+                let gpus = if s.def.gpus > 0 { format!(", {} GPU", s.def.gpus) } else { String::new() };
+                out.push_str(&format!("{} ({}{gpus})\n", s.name, s.kind.name()));
+                for r in &g.inputs[i] {
+                    let kind = if matches!(r.source, InputSource::Path { .. }) { "path" } else { "artifact" };
+                    out.push_str(&format!("  <- {} ({kind})\n", input_text(p, &r.source, &r.label)));
+                }
+                for o in &s.def.outputs {
+                    out.push_str(&format!("  -> {}.{} = {}\n", s.name, o.name, o.path.display()));
+                }
+            }
+        }
+        DagFormat::Dot => {
+            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", p.name.replace('"', "'")));
+            for &i in &g.order {
+                let s = &p.stages[i];
+                out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\"];\n", s.name, s.name, s.kind.name()));
+            }
+            for (i, ups) in g.upstream.iter().enumerate() {
+                for u in ups {
+                    out.push_str(&format!("  \"{}\" -> \"{}\";\n", p.stages[*u].name, p.stages[i].name));
+                }
+            }
+            out.push_str("}\n");
+        }
+        DagFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for &i in &g.order {
+                let s = &p.stages[i];
+                out.push_str(&format!("  {}[\"{} ({})\"]\n", mermaid_id(&s.name), s.name, s.kind.name()));
+            }
+            for (i, ups) in g.upstream.iter().enumerate() {
+                for u in ups {
+                    out.push_str(&format!("  {} --> {}\n", mermaid_id(&p.stages[*u].name), mermaid_id(&p.stages[i].name)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn mermaid_id(s: &str) -> String {
+    format!("s_{}", s.replace('-', "_"))
+}
+
+fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten_json(&p, x, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn show(p: &Pipeline, store: &Store, json: bool) -> i32 {
+    let lock = LockFile::read(&p.lock_path());
+    let mut all = serde_json::Map::new();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for s in &p.stages {
+        if s.def.metrics.is_none() {
+            continue;
+        }
+        let Some(ls) = lock.stages.get(&s.name) else { continue };
+        let Some(m) = store.get_manifest(&ls.key) else { continue };
+        let Some(metrics) = m.metrics else { continue };
+        let mut flat = Vec::new();
+        flatten_json("", &metrics, &mut flat);
+        for (k, v) in flat {
+            rows.push((s.name.clone(), k, v));
+        }
+        all.insert(s.name.clone(), metrics);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(all)).unwrap_or_default());
+        return EXIT_OK;
+    }
+    if rows.is_empty() {
+        println!("no metrics recorded yet: run the pipeline first (stages report metrics with `metrics = \"file.json\"`)");
+        return EXIT_OK;
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
+    println!("{:<w0$}  {:<w1$}  value", "stage", "metric");
+    for (a, b, c) in rows {
+        println!("{a:<w0$}  {b:<w1$}  {c}");
+    }
+    EXIT_OK
+}
+
+fn checkout(p: &Pipeline, store: &Store, only: &[String]) -> i32 {
+    let lock = LockFile::read(&p.lock_path());
+    if lock.stages.is_empty() {
+        eprint_error(&format!("{} records no results\n  = hint: run `taoflow run {}` first", p.lock_path().display(), p.path.display()));
+        return EXIT_STAGE_FAILED;
+    }
+    let stat = crate::hash::StatCache::load(&store.stat_cache_path());
+    let mut restored = 0;
+    let mut failed = 0;
+    for (name, ls) in &lock.stages {
+        if !only.is_empty() && !only.contains(name) {
+            continue;
+        }
+        for (out, rec) in &ls.outs {
+            let dest = p.dir.join(&rec.path);
+            let current = if dest.exists() { crate::hash::hash_path(&dest, &stat).ok().map(|h| h.digest()) } else { None };
+            if current.as_deref() == Some(rec.digest.as_str()) {
+                continue;
+            }
+            match store.materialize(&rec.digest, &dest, &stat) {
+                Ok(()) => {
+                    restored += 1;
+                    eprintln!("   restored {name}.{out} -> {}", rec.path);
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprint_error(&format!("cannot restore {name}.{out} ({}): {e}\n  = hint: run the pipeline to make it again", rec.path));
+                }
+            }
+        }
+    }
+    let _ = stat.save();
+    eprintln!("checkout: {restored} output(s) restored, {failed} failed");
+    if failed > 0 { EXIT_STORE } else { EXIT_OK }
+}
+
+fn gc(store: &Store, keep_days: f64, dry_run: bool) -> i32 {
+    let mut keep_keys: HashSet<String> = HashSet::new();
+    for lock_path in store.roots() {
+        for ls in LockFile::read(&lock_path).stages.values() {
+            keep_keys.insert(ls.key.clone());
+        }
+    }
+    let now = std::time::SystemTime::now();
+    let keep_for = Duration::from_secs_f64((keep_days.max(0.0)) * 86400.0);
+    let mut reachable: HashSet<String> = HashSet::new();
+    let (mut removed_manifests, mut kept_manifests) = (0usize, 0usize);
+    for (path, key, mtime) in store.manifests() {
+        let recent = now.duration_since(mtime).map(|d| d < keep_for).unwrap_or(true);
+        if keep_keys.contains(&key) || recent {
+            if let Some(m) = store.get_manifest(&key) {
+                for o in m.outputs.values() {
+                    store.artifact_objects(&o.digest, &mut reachable);
+                }
+                kept_manifests += 1;
+                continue;
+            }
+        }
+        removed_manifests += 1;
+        if !dry_run {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let (mut removed, mut bytes) = (0usize, 0u64);
+    for (path, hash, size) in store.objects() {
+        if !reachable.contains(&hash) {
+            removed += 1;
+            bytes += size;
+            if !dry_run {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    // Temp files older than an hour are left-overs of killed runs.
+    if let Ok(rd) = std::fs::read_dir(store.tmp_dir()) {
+        for e in rd.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|d| d > Duration::from_secs(3600));
+            if old && !dry_run {
+                let _ = crate::stages::exec::remove_path(&e.path());
+            }
+        }
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "gc: {verb} {removed} object(s) ({:.1} MB) and {removed_manifests} manifest(s); kept {kept_manifests} manifest(s), {} object(s)",
+        bytes as f64 / 1e6,
+        reachable.len()
+    );
+    EXIT_OK
+}
+
+/// Paths whose change should trigger a re-run: the pipeline file and external inputs.
+fn watch_paths(p: &Pipeline, g: &Graph) -> Vec<PathBuf> {
+    let mut out = vec![std::fs::canonicalize(&p.path).unwrap_or_else(|_| p.path.clone())];
+    for ins in &g.inputs {
+        for r in ins {
+            if let InputSource::Path { path, .. } = &r.source {
+                out.push(path.clone());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn watch_cmd(cli: &Cli, p: &PipelineArg, debounce_ms: u64, jobs: Option<usize>) -> i32 {
+    use notify::{RecursiveMode, Watcher};
+    let cancel = cancel_on_signals();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+    let mut watcher = match notify::recommended_watcher(move |ev| {
+        let _ = tx.send(ev);
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            eprint_error(&format!("cannot watch files: {e}"));
+            return EXIT_STORE;
+        }
+    };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    let mut ignore: Vec<PathBuf> = Vec::new();
+    let mut first = true;
+    loop {
+        // (Re)load the pipeline: a broken file is reported and watched until fixed.
+        let loaded = load(p);
+        let mut want: Vec<PathBuf> = Vec::new();
+        match &loaded {
+            Ok((pipeline, g)) => {
+                want = watch_paths(pipeline, g);
+                ignore = pipeline.stages.iter().flat_map(|s| s.def.outputs.iter().map(|o| pipeline.dir.join(&o.path))).collect();
+                ignore.push(pipeline.lock_path());
+                ignore.push(store_root(cli.store.as_deref(), &pipeline.dir));
+                let store = match open_store(cli, pipeline) {
+                    Ok(s) => s,
+                    Err(c) => return c,
+                };
+                let opts = RunOptions { jobs: jobs.unwrap_or(2), keep_going: true, ..Default::default() };
+                let ui = Arc::new(Ui::new(false).quiet_cached(!first));
+                let t0 = Instant::now();
+                let s = engine::run(Arc::clone(pipeline), Arc::clone(g), store, opts, ui, cancel.clone()).await;
+                eprintln!("{}", summary_line(&s, t0.elapsed()));
+                if s.interrupted {
+                    return EXIT_INTERRUPTED;
+                }
+            }
+            Err(_) => {
+                want.push(std::fs::canonicalize(&p.pipeline).unwrap_or_else(|_| p.pipeline.clone()));
+            }
+        }
+        first = false;
+        for w in &watched {
+            if !want.contains(w) {
+                let _ = watcher.unwatch(w);
+            }
+        }
+        for w in &want {
+            if !watched.contains(w) {
+                // A missing input is watched through its folder, so its creation is seen.
+                let target = if w.exists() { w.clone() } else { w.parent().map(Path::to_path_buf).unwrap_or_else(|| w.clone()) };
+                let mode = if target.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+                if let Err(e) = watcher.watch(&target, mode) {
+                    eprintln!("warning: cannot watch {}: {e}", target.display());
+                }
+            }
+        }
+        watched = want.clone();
+        eprintln!("watching {} path(s); press Ctrl-C to stop", watched.len());
+        // Wait for a relevant change, then for a quiet period.
+        let mut changed: Option<PathBuf> = None;
+        let mut cancel_rx = cancel.clone();
+        while changed.is_none() {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return EXIT_OK };
+                    if let Ok(ev) = ev {
+                        if matches!(ev.kind, notify::EventKind::Access(_)) { continue; }
+                        changed = ev.paths.into_iter().find(|path| relevant(path, &watched, &ignore));
+                    }
+                }
+                _ = cancel_rx.changed() => return EXIT_INTERRUPTED,
+            }
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_millis(debounce_ms), rx.recv()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return EXIT_OK,
+                Err(_) => break,
+            }
+        }
+        if let Some(c) = changed {
+            eprintln!("change detected: {}", c.display());
+        }
+        if *cancel.borrow() {
+            return EXIT_INTERRUPTED;
+        }
+    }
+}
+
+fn relevant(path: &Path, watched: &[PathBuf], ignore: &[PathBuf]) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if name.starts_with(".taoflow-") || name.starts_with(".tmp-") {
+        return false;
+    }
+    if ignore.iter().any(|i| path.starts_with(i)) {
+        return false;
+    }
+    watched.iter().any(|w| path.starts_with(w) || w.starts_with(path))
+}
+
+/// Used by tests: stage statuses of a run summary by name.
+pub fn statuses(s: &RunSummary) -> BTreeMap<String, Status> {
+    s.reports.iter().map(|r| (r.stage.clone(), r.status)).collect()
+}

@@ -1,0 +1,689 @@
+//! The executor: walks the DAG with tokio, runs independent stages at once, serves cache
+//! hits from the store, and records results in the store and the lock file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Pipeline;
+use crate::fingerprint::{Fingerprint, SCHEMA};
+use crate::gpu::GpuPool;
+use crate::graph::{Graph, InputSource};
+use crate::hash::{hash_path, Digest, StatCache};
+use crate::lockfile::{LockFile, LockStage};
+use crate::stages::{RunCtx, StageError};
+use crate::store::{Manifest, OutputRecord, Provenance, Store};
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    pub force_all: bool,
+    pub force: Vec<String>,
+    pub only: Vec<String>,
+    pub downstream: bool,
+    pub jobs: usize,
+    pub keep_going: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+    WouldRun,
+    Interrupted,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Ran => "ran",
+            Status::Cached => "cached",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+            Status::WouldRun => "would-run",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why the stage ran (or would run): what changed since the lock file.
+    pub reasons: Vec<String>,
+    /// Outputs recreated in the workspace from the store (or that would be).
+    pub restored: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_s: f64,
+    #[serde(skip)]
+    pub log: Option<PathBuf>,
+}
+
+/// Receives events as the run goes.
+pub trait Reporter: Send + Sync {
+    fn started(&self, stage: &str);
+    fn waiting(&self, stage: &str, why: &str);
+    fn finished(&self, report: &StageReport);
+    fn warn(&self, msg: &str);
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub reports: Vec<StageReport>,
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    pub fn count(&self, s: Status) -> usize {
+        self.reports.iter().filter(|r| r.status == s).count()
+    }
+    pub fn ok(&self) -> bool {
+        !self.interrupted && self.count(Status::Failed) == 0 && self.count(Status::Skipped) == 0 && self.count(Status::Interrupted) == 0
+    }
+}
+
+/// The outcome a stage passes to its dependents.
+#[derive(Debug)]
+struct Done {
+    status: Status,
+    /// Output name -> (digest, absolute workspace path); `None` if not available.
+    outputs: Option<BTreeMap<String, (Digest, PathBuf)>>,
+    fingerprint: Option<Fingerprint>,
+    records: BTreeMap<String, OutputRecord>,
+    key: Option<String>,
+}
+
+struct Engine {
+    p: Arc<Pipeline>,
+    g: Arc<Graph>,
+    store: Arc<Store>,
+    stat: Arc<StatCache>,
+    lock: LockFile,
+    opts: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    cancel: watch::Receiver<bool>,
+    jobs: Semaphore,
+    gpus: GpuPool,
+    halt: AtomicBool,
+    selected: Vec<bool>,
+    forced: Vec<bool>,
+}
+
+/// Check stage names given on the command line.
+pub fn check_stage_names(p: &Pipeline, names: &[String], flag: &str) -> Result<(), String> {
+    for n in names {
+        if p.stage(n).is_none() {
+            let all: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+            let hint = match crate::diag::did_you_mean(n, all.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("stages: {}", all.join(", ")),
+            };
+            return Err(format!("{flag}: no stage named `{n}` in {}\n  = hint: {hint}", p.path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Run (or, with `dry_run`, plan) a pipeline.
+pub async fn run(
+    p: Arc<Pipeline>,
+    g: Arc<Graph>,
+    store: Arc<Store>,
+    opts: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    cancel: watch::Receiver<bool>,
+) -> RunSummary {
+    let n = p.stages.len();
+    let mut selected = vec![opts.only.is_empty(); n];
+    for name in &opts.only {
+        if let Some(i) = p.stage_index(name) {
+            if opts.downstream {
+                for j in g.downstream_closure(i) {
+                    selected[j] = true;
+                }
+            } else {
+                selected[i] = true;
+            }
+        }
+    }
+    let mut forced = vec![opts.force_all; n];
+    for name in &opts.force {
+        if let Some(i) = p.stage_index(name) {
+            forced[i] = true;
+        }
+    }
+    let stat = Arc::new(StatCache::load(&store.stat_cache_path()));
+    let lock = LockFile::read(&p.lock_path());
+    let jobs = opts.jobs.max(1);
+    let engine = Arc::new(Engine {
+        p: Arc::clone(&p),
+        g: Arc::clone(&g),
+        store: Arc::clone(&store),
+        stat: Arc::clone(&stat),
+        lock,
+        reporter,
+        cancel,
+        jobs: Semaphore::new(jobs),
+        gpus: GpuPool::new(crate::gpu::detect()),
+        halt: AtomicBool::new(false),
+        selected,
+        forced,
+        opts,
+    });
+
+    let mut senders = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = watch::channel::<Option<Arc<Done>>>(None);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, tx) in senders.into_iter().enumerate() {
+        let ups: Vec<(usize, watch::Receiver<Option<Arc<Done>>>)> = g.upstream[i].iter().map(|u| (*u, receivers[*u].clone())).collect();
+        let e = Arc::clone(&engine);
+        tasks.spawn(async move {
+            let mut upstream = BTreeMap::new();
+            for (u, mut rx) in ups {
+                let done = loop {
+                    if let Some(d) = rx.borrow().clone() {
+                        break d;
+                    }
+                    if rx.changed().await.is_err() {
+                        break Arc::new(Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+                    }
+                };
+                upstream.insert(u, done);
+            }
+            let start = Instant::now();
+            let (report, done) = e.stage(i, &upstream).await;
+            let mut report = report;
+            report.duration_s = start.elapsed().as_secs_f64();
+            if report.status == Status::Failed && !e.opts.keep_going {
+                e.halt.store(true, Ordering::SeqCst);
+            }
+            e.reporter.finished(&report);
+            let _ = tx.send(Some(Arc::new(done)));
+            (i, report)
+        });
+    }
+    let mut reports: Vec<Option<StageReport>> = vec![None; n];
+    let mut done_lock: BTreeMap<String, LockStage> = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok((i, rep)) => reports[i] = Some(rep),
+            Err(e) => tracing::error!("a stage task crashed: {e}"),
+        }
+    }
+    for (i, rx) in receivers.iter().enumerate() {
+        if let Some(d) = rx.borrow().as_ref()
+            && matches!(d.status, Status::Ran | Status::Cached)
+            && let (Some(fp), Some(key)) = (&d.fingerprint, &d.key)
+        {
+            done_lock.insert(p.stages[i].name.clone(), LockStage { key: key.clone(), fingerprint: fp.clone(), outs: d.records.clone() });
+        }
+    }
+    let interrupted = *engine.cancel.borrow();
+    if !engine.opts.dry_run {
+        if let Err(e) = update_lock_file(&p, &store, done_lock) {
+            engine.reporter.warn(&format!("cannot write the lock file {}: {e}", p.lock_path().display()));
+        }
+        if let Err(e) = stat.save() {
+            tracing::debug!("cannot save the stat cache: {e}");
+        }
+        store.register_root(&p.lock_path());
+    }
+    // Report in pipeline order.
+    let reports = reports.into_iter().flatten().collect();
+    RunSummary { reports, interrupted }
+}
+
+fn update_lock_file(p: &Pipeline, store: &Store, done: BTreeMap<String, LockStage>) -> std::io::Result<()> {
+    let path = p.lock_path();
+    let name = format!("lockfile-{}", &blake3::hash(path.to_string_lossy().as_bytes()).to_hex()[..16]);
+    let _guard = store.lock_name(&name).map_err(std::io::Error::other)?;
+    let mut lock = LockFile::read(&path);
+    lock.version = crate::lockfile::VERSION;
+    lock.pipeline = p.name.clone();
+    lock.stages.retain(|k, _| p.stage(k).is_some());
+    for (k, v) in done {
+        lock.stages.insert(k, v);
+    }
+    lock.write(&path)
+}
+
+impl Engine {
+    fn report(&self, i: usize, status: Status) -> StageReport {
+        StageReport {
+            stage: self.p.stages[i].name.clone(),
+            status,
+            key: None,
+            reasons: Vec::new(),
+            restored: Vec::new(),
+            error: None,
+            duration_s: 0.0,
+            log: None,
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    fn not_done(&self, i: usize, status: Status, why: String) -> (StageReport, Done) {
+        let mut r = self.report(i, status);
+        match status {
+            Status::WouldRun => r.reasons.push(why),
+            _ => r.error = Some(why),
+        }
+        (r, Done { status, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None })
+    }
+
+    async fn stage(&self, i: usize, upstream: &BTreeMap<usize, Arc<Done>>) -> (StageReport, Done) {
+        let st = &self.p.stages[i];
+        // Upstream problems decide first.
+        for (u, d) in upstream {
+            if d.outputs.is_none() {
+                let un = &self.p.stages[*u].name;
+                return match d.status {
+                    Status::WouldRun => self.not_done(i, Status::WouldRun, format!("upstream stage `{un}` runs first")),
+                    Status::Interrupted => self.not_done(i, Status::Interrupted, "interrupted".into()),
+                    Status::Failed => self.not_done(i, Status::Skipped, format!("upstream stage `{un}` failed")),
+                    _ => self.not_done(i, Status::Skipped, format!("upstream stage `{un}` has no result")),
+                };
+            }
+        }
+        if self.cancelled() {
+            return self.not_done(i, Status::Interrupted, "interrupted".into());
+        }
+        if self.halt.load(Ordering::SeqCst) {
+            return self.not_done(i, Status::Skipped, "stopped after an earlier failure (use --keep-going to run independent stages)".into());
+        }
+
+        // Inputs -> digests and paths.
+        let mut input_paths = BTreeMap::new();
+        let mut to_hash: Vec<(String, PathBuf, crate::diag::Span)> = Vec::new();
+        let mut inputs: BTreeMap<String, Digest> = BTreeMap::new();
+        for r in &self.g.inputs[i] {
+            match &r.source {
+                InputSource::Artifact { stage, output, sub } => {
+                    let outs = upstream[stage].outputs.as_ref().expect("checked above");
+                    let (digest, path) = &outs[output];
+                    match sub {
+                        None => {
+                            inputs.insert(r.label.clone(), digest.clone());
+                            input_paths.insert(r.label.clone(), path.clone());
+                        }
+                        Some(s) => {
+                            to_hash.push((r.label.clone(), path.join(s), r.span.clone()));
+                        }
+                    }
+                }
+                InputSource::Path { path, .. } => to_hash.push((r.label.clone(), path.clone(), r.span.clone())),
+            }
+        }
+        if !to_hash.is_empty() {
+            let stat = Arc::clone(&self.stat);
+            let list = to_hash.clone();
+            let hashed = tokio::task::spawn_blocking(move || {
+                list.into_iter().map(|(label, path, span)| (label, hash_path(&path, &stat).map(|h| h.digest()), path, span)).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (label, res, path, span) in hashed {
+                match res {
+                    Ok(d) => {
+                        inputs.insert(label.clone(), d);
+                        input_paths.insert(label, path);
+                    }
+                    Err(e) => {
+                        let msg = if e.kind() == std::io::ErrorKind::NotFound {
+                            crate::diag::Diag::error(format!("input `{label}` of stage `{}` does not exist", st.name))
+                                .at(&span, format!("not found: {}", path.display()))
+                                .hint("create it, fix the path (relative to the pipeline's folder), or list it in the `outs` of the stage that makes it")
+                        } else {
+                            crate::diag::Diag::error(format!("cannot read input `{label}` of stage `{}`: {e}", st.name)).at(&span, "this input")
+                        };
+                        return self.not_done(i, Status::Failed, msg.render(false).trim_end().to_string());
+                    }
+                }
+            }
+        }
+        let fp = Fingerprint {
+            schema: SCHEMA,
+            kind: st.kind.name().to_string(),
+            kind_version: st.kind.version(),
+            seed: self.p.seed,
+            params: st.def.params.clone(),
+            inputs,
+        };
+        let key = fp.key();
+        let reasons = self.reasons(i, &fp, &key);
+        let out_paths: BTreeMap<String, PathBuf> = st.def.outputs.iter().map(|o| (o.name.clone(), self.p.dir.join(&o.path))).collect();
+
+        if !self.forced[i] || !self.selected[i] {
+            if let Some((m, restore)) = self.lookup(&key, &out_paths).await {
+                let mut rep = self.report(i, Status::Cached);
+                rep.key = Some(key.clone());
+                rep.reasons = reasons.clone();
+                if !restore.is_empty() {
+                    if self.opts.dry_run {
+                        rep.restored = restore;
+                    } else {
+                        match self.restore(&key, &m, &restore, &out_paths).await {
+                            Ok(()) => rep.restored = restore,
+                            Err(e) => {
+                                self.reporter.warn(&format!("stage `{}`: cannot restore from the store ({e}); running it again", st.name));
+                                return self.execute(i, fp, key, reasons, out_paths, input_paths).await;
+                            }
+                        }
+                    }
+                }
+                let done = self.done_from_manifest(Status::Cached, &m, fp, key, &out_paths);
+                return (rep, done);
+            }
+        }
+        if !self.selected[i] {
+            return self.not_done(
+                i,
+                Status::Skipped,
+                format!("not up to date and not selected by --only ({})", reasons.join("; ")),
+            );
+        }
+        if self.opts.dry_run {
+            let mut rep = self.report(i, Status::WouldRun);
+            rep.key = Some(key);
+            rep.reasons = reasons;
+            return (rep, Done { status: Status::WouldRun, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+        }
+        self.execute(i, fp, key, reasons, out_paths, input_paths).await
+    }
+
+    /// Why a stage's key differs from the one in the lock file.
+    fn reasons(&self, i: usize, fp: &Fingerprint, key: &str) -> Vec<String> {
+        let st = &self.p.stages[i];
+        let mut out = Vec::new();
+        if self.forced[i] {
+            out.push("forced (--force)".to_string());
+        }
+        match self.lock.stages.get(&st.name) {
+            None => out.push(format!("no earlier run recorded in {}", file_name(&self.p.lock_path()))),
+            Some(l) if l.key == key => {}
+            Some(l) => {
+                let d = fp.diff(&l.fingerprint);
+                if d.is_empty() {
+                    out.push("stage key changed".into());
+                }
+                out.extend(d);
+            }
+        }
+        out
+    }
+
+    /// A usable cached result for `key`: its manifest and the outputs that must be
+    /// restored into the workspace.
+    async fn lookup(&self, key: &str, out_paths: &BTreeMap<String, PathBuf>) -> Option<(Manifest, Vec<String>)> {
+        let store = Arc::clone(&self.store);
+        let stat = Arc::clone(&self.stat);
+        let key = key.to_string();
+        let out_paths = out_paths.clone();
+        let reporter = Arc::clone(&self.reporter);
+        tokio::task::spawn_blocking(move || {
+            let m = store.get_manifest(&key)?;
+            if out_paths.keys().any(|k| !m.outputs.contains_key(k)) {
+                return None;
+            }
+            let mut restore = Vec::new();
+            for (name, rec) in &m.outputs {
+                let Some(ws) = out_paths.get(name) else { continue };
+                let current = if ws.exists() { hash_path(ws, &stat).ok().map(|h| h.digest()) } else { None };
+                if current.as_deref() == Some(rec.digest.as_str()) {
+                    continue;
+                }
+                if !store.artifact_present(&rec.digest) {
+                    reporter.warn(&format!("the store lost output `{name}` of a cached result ({}); the stage runs again", crate::hash::short(&rec.digest)));
+                    return None;
+                }
+                restore.push(name.clone());
+            }
+            Some((m, restore))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn restore(&self, key: &str, m: &Manifest, names: &[String], out_paths: &BTreeMap<String, PathBuf>) -> Result<(), String> {
+        let _lock = self.key_lock(key, &self.p.stages.iter().find(|s| s.name == m.stage).map(|s| s.name.clone()).unwrap_or_default()).await?;
+        let store = Arc::clone(&self.store);
+        let stat = Arc::clone(&self.stat);
+        let jobs: Vec<(String, PathBuf)> = names.iter().map(|n| (m.outputs[n].digest.clone(), out_paths[n].clone())).collect();
+        tokio::task::spawn_blocking(move || {
+            for (digest, path) in jobs {
+                store.materialize(&digest, &path, &stat).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    fn done_from_manifest(&self, status: Status, m: &Manifest, fp: Fingerprint, key: String, out_paths: &BTreeMap<String, PathBuf>) -> Done {
+        let outputs = m.outputs.iter().filter_map(|(n, r)| out_paths.get(n).map(|p| (n.clone(), (r.digest.clone(), p.clone())))).collect();
+        Done { status, outputs: Some(outputs), fingerprint: Some(fp), records: m.outputs.clone(), key: Some(key) }
+    }
+
+    /// Take the per-key lock, waiting (cancellably) while another process holds it.
+    async fn key_lock(&self, key: &str, stage: &str) -> Result<crate::store::KeyLock, String> {
+        let mut told = false;
+        loop {
+            match self.store.try_lock_key(key) {
+                Ok(Some(l)) => return Ok(l),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if self.cancelled() {
+                return Err("interrupted".into());
+            }
+            if !told {
+                self.reporter.waiting(stage, "another taoflow process is running this stage; waiting for it");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn execute(
+        &self,
+        i: usize,
+        fp: Fingerprint,
+        key: String,
+        reasons: Vec<String>,
+        out_paths: BTreeMap<String, PathBuf>,
+        input_paths: BTreeMap<String, PathBuf>,
+    ) -> (StageReport, Done) {
+        let st = &self.p.stages[i];
+        let need = st.def.gpus as usize;
+        if need > self.gpus.total() {
+            let have = self.gpus.total();
+            return self.not_done(
+                i,
+                Status::Failed,
+                format!(
+                    "stage `{}` needs {need} GPU(s) but this machine has {have}\n  = hint: set `gpus = 0` in the stage to run it on the CPU, or run on a machine with GPUs (TAOFLOW_GPUS=0,1 lists them by hand)",
+                    st.name
+                ),
+            );
+        }
+        let lock = match self.key_lock(&key, &st.name).await {
+            Ok(l) => l,
+            Err(e) if e == "interrupted" => return self.not_done(i, Status::Interrupted, e),
+            Err(e) => return self.not_done(i, Status::Failed, e),
+        };
+        // Another process may have made it while we waited.
+        if !self.forced[i]
+            && let Some((m, restore)) = self.lookup(&key, &out_paths).await
+        {
+            let mut rep = self.report(i, Status::Cached);
+            rep.key = Some(key.clone());
+            rep.reasons = vec!["made by another taoflow process".into()];
+            drop(lock);
+            if !restore.is_empty() {
+                if let Err(e) = self.restore(&key, &m, &restore, &out_paths).await {
+                    return self.not_done(i, Status::Failed, e);
+                }
+                rep.restored = restore;
+            }
+            let done = self.done_from_manifest(Status::Cached, &m, fp, key, &out_paths);
+            return (rep, done);
+        }
+        let Ok(_permit) = self.jobs.acquire().await else {
+            return self.not_done(i, Status::Failed, "internal: job pool closed".into());
+        };
+        let lease = tokio::select! {
+            l = self.gpus.acquire(need) => l,
+            _ = wait_cancel(self.cancel.clone()) => return self.not_done(i, Status::Interrupted, "interrupted".into()),
+        };
+        if self.cancelled() {
+            return self.not_done(i, Status::Interrupted, "interrupted".into());
+        }
+        self.reporter.started(&st.name);
+        let log = self.store.log_path(&self.p.name, &st.name);
+        if let Some(parent) = log.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let scratch = match tempfile::Builder::new().prefix(&format!("stage-{}-", st.name)).tempdir_in(self.store.tmp_dir()) {
+            Ok(d) => d,
+            Err(e) => return self.not_done(i, Status::Failed, format!("cannot create a scratch folder in the store: {e}")),
+        };
+        let ctx = RunCtx {
+            stage: st.name.clone(),
+            def: st.def.clone(),
+            pipeline_dir: self.p.dir.clone(),
+            inputs: input_paths,
+            outputs: out_paths.clone(),
+            scratch: scratch.path().to_path_buf(),
+            gpus: lease.ids.clone(),
+            seed: self.p.seed,
+            log: log.clone(),
+            cancel: self.cancel.clone(),
+        };
+        let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let t0 = Instant::now();
+        let result = st.kind.run(&ctx).await;
+        let duration = t0.elapsed().as_secs_f64();
+        drop(lease);
+        drop(scratch);
+        let mut rep = self.report(i, Status::Ran);
+        rep.key = Some(key.clone());
+        rep.reasons = reasons;
+        rep.log = Some(log.clone());
+        match result {
+            Err(StageError::Interrupted) => {
+                rep.status = Status::Interrupted;
+                rep.error = Some("interrupted; nothing was stored".into());
+                return (rep, Done { status: Status::Interrupted, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+            }
+            Err(StageError::Failed(msg)) => {
+                rep.status = Status::Failed;
+                rep.error = Some(msg);
+                return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+            }
+            Ok(()) => {}
+        }
+        if self.cancelled() {
+            rep.status = Status::Interrupted;
+            rep.error = Some("interrupted; nothing was stored".into());
+            return (rep, Done { status: Status::Interrupted, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+        }
+        // Store the outputs, then the manifest: a manifest only ever names stored objects.
+        let store = Arc::clone(&self.store);
+        let stat = Arc::clone(&self.stat);
+        let decls: Vec<(String, PathBuf, PathBuf)> = st.def.outputs.iter().map(|o| (o.name.clone(), o.path.clone(), out_paths[&o.name].clone())).collect();
+        let metrics_name = st.def.metrics.clone();
+        let ingest = tokio::task::spawn_blocking(move || -> Result<(BTreeMap<String, OutputRecord>, Option<serde_json::Value>), String> {
+            let mut recs = BTreeMap::new();
+            let mut metrics = None;
+            for (name, rel, abs) in decls {
+                let h = store.ingest(&abs, &stat).map_err(|e| format!("cannot store output `{name}`: {e}"))?;
+                if metrics_name.as_deref() == Some(name.as_str()) {
+                    let text = std::fs::read(&abs).map_err(|e| format!("cannot read metrics file `{}`: {e}", rel.display()))?;
+                    let v: serde_json::Value = serde_json::from_slice(&text)
+                        .map_err(|e| format!("metrics file `{}` is not valid JSON: {e}\n  = hint: the stage's command must write a JSON object", rel.display()))?;
+                    metrics = Some(v);
+                }
+                recs.insert(name, OutputRecord { path: rel.to_string_lossy().to_string(), digest: h.digest(), size: h.size(), files: h.file_count() });
+            }
+            Ok((recs, metrics))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let (records, metrics) = match ingest {
+            Ok(x) => x,
+            Err(msg) => {
+                rep.status = Status::Failed;
+                rep.error = Some(msg);
+                return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+            }
+        };
+        let device = if ctx.gpus.is_empty() {
+            "cpu".to_string()
+        } else {
+            format!("cuda:{}", ctx.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","))
+        };
+        let manifest = Manifest {
+            v: 1,
+            key: key.clone(),
+            stage: st.name.clone(),
+            pipeline: self.p.name.clone(),
+            fingerprint: fp.clone(),
+            outputs: records,
+            metrics,
+            provenance: Provenance {
+                host: hostname::get().map(|h| h.to_string_lossy().to_string()).unwrap_or_default(),
+                device,
+                started_unix,
+                duration_s: duration,
+                taoflow_version: env!("CARGO_PKG_VERSION").to_string(),
+                os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+            },
+        };
+        if let Err(e) = self.store.put_manifest(&manifest) {
+            rep.status = Status::Failed;
+            rep.error = Some(e.to_string());
+            return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+        }
+        drop(lock);
+        let done = self.done_from_manifest(Status::Ran, &manifest, fp, key, &out_paths);
+        (rep, done)
+    }
+}
+
+async fn wait_cancel(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+}

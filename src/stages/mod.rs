@@ -1,0 +1,126 @@
+//! Stage kinds. Each kind is one file and one implementation of [`StageKind`]; the
+//! registry below is the only place that lists them.
+//!
+//! A kind turns its TOML table into a [`StageDef`] (canonical parameters that go into the
+//! stage key, the inputs it reads, the artifacts it writes) and runs it. The engine does
+//! everything else: hashing, the store, the lock file, scheduling and GPU leases.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::Fields;
+use crate::diag::Span;
+use crate::value::PVal;
+
+pub mod exec;
+
+/// One kind of stage (`exec`, and later `convert`, `train`, …).
+pub trait StageKind: Send + Sync + fmt::Debug + 'static {
+    /// The name used in `kind = "…"`.
+    fn name(&self) -> &'static str;
+    /// Implementation version: bump it when the kind's results change, and every stage of
+    /// this kind runs again.
+    fn version(&self) -> u32;
+    /// Keys this kind accepts besides the common ones (`kind`, `gpus`, `description`).
+    fn keys(&self) -> &'static [&'static str];
+    /// The free-form parameter table that `-S stage.name=value` writes into, if any.
+    fn free_params_key(&self) -> Option<&'static str> {
+        None
+    }
+    /// Read the stage's table. Errors go to `f.diags`; return `None` if the stage is unusable.
+    fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef>;
+    /// Run the stage. Outputs must exist at `ctx.outputs[name]` when it returns `Ok`.
+    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>>;
+}
+
+/// What a stage reads and writes, as parsed from its table.
+#[derive(Debug, Clone)]
+pub struct StageDef {
+    /// Canonical parameters after defaults were filled in: part of the stage key.
+    pub params: BTreeMap<String, PVal>,
+    pub inputs: Vec<InputDecl>,
+    pub outputs: Vec<OutputDecl>,
+    /// Name of the output that holds the stage's metrics (a JSON file), if any.
+    pub metrics: Option<String>,
+    /// GPUs the stage needs (0: CPU only).
+    pub gpus: u32,
+    /// The kind's own parsed form, for `run`.
+    pub typed: Arc<dyn Any + Send + Sync>,
+}
+
+/// An input as written: a reference (`train.model`, `train`) or a path.
+#[derive(Debug, Clone)]
+pub struct InputDecl {
+    /// Name of the input in the stage key (stable across runs).
+    pub label: String,
+    pub raw: String,
+    pub span: Span,
+}
+
+/// A named artifact the stage writes, at a path relative to the pipeline's folder.
+#[derive(Debug, Clone)]
+pub struct OutputDecl {
+    pub name: String,
+    pub path: PathBuf,
+    pub span: Span,
+}
+
+/// Everything a running stage gets.
+#[derive(Debug)]
+pub struct RunCtx {
+    pub stage: String,
+    pub def: StageDef,
+    pub pipeline_dir: PathBuf,
+    /// Input label -> absolute path of the file or folder.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Output name -> absolute workspace path the stage must create.
+    pub outputs: BTreeMap<String, PathBuf>,
+    /// A private empty folder for temporary files (removed afterwards).
+    pub scratch: PathBuf,
+    /// GPU ordinals leased to this stage.
+    pub gpus: Vec<u32>,
+    pub seed: i64,
+    /// The stage's log file (stdout and stderr of commands go here).
+    pub log: PathBuf,
+    /// Becomes `true` when the run is cancelled (Ctrl-C).
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+pub enum StageError {
+    Failed(String),
+    Interrupted,
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StageError::Failed(m) => f.write_str(m),
+            StageError::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+static EXEC: exec::Exec = exec::Exec;
+
+/// Every kind this build offers.
+pub fn registry() -> &'static [&'static dyn StageKind] {
+    static KINDS: [&dyn StageKind; 1] = [&EXEC];
+    &KINDS
+}
+
+/// Kinds on the roadmap, named in errors so users know they are coming.
+pub const PLANNED: &[&str] = &["convert", "augment", "train", "evaluate", "prune", "retrain", "quantize", "export"];
+
+pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
+    registry().iter().copied().find(|k| k.name() == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    registry().iter().map(|k| k.name()).collect()
+}

@@ -1,0 +1,164 @@
+//! What the user sees while a run goes: progress spinners on a terminal, plain lines
+//! otherwise, JSON lines with `--json`.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::engine::{Reporter, StageReport, Status};
+
+/// Colours are used on a terminal unless `NO_COLOR` is set (https://no-color.org).
+pub fn color_enabled() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+pub struct Ui {
+    json: bool,
+    color: bool,
+    quiet_cached: bool,
+    /// Verb used for stages that would run (`status` says "stale").
+    would_run_word: &'static str,
+    mp: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Ui {
+    pub fn new(json: bool) -> Self {
+        let color = color_enabled();
+        let mp = if !json && std::io::stderr().is_terminal() && std::env::var_os("TAOFLOW_NO_PROGRESS").is_none() {
+            Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        } else {
+            None
+        };
+        Ui { json, color, quiet_cached: false, would_run_word: "would run", mp, bars: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn for_status() -> Self {
+        let mut u = Ui::new(false);
+        u.would_run_word = "stale";
+        u.mp = None;
+        u
+    }
+
+    pub fn quiet_cached(mut self, q: bool) -> Self {
+        self.quiet_cached = q;
+        self
+    }
+
+    fn paint(&self, text: &str, code: &str) -> String {
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.mp {
+            Some(mp) => {
+                let _ = mp.println(text);
+            }
+            None => {
+                let mut e = std::io::stderr().lock();
+                let _ = writeln!(e, "{text}");
+            }
+        }
+    }
+
+    /// Render one stage's result as text.
+    pub fn describe(&self, r: &StageReport) -> String {
+        let (word, code) = match r.status {
+            Status::Ran => ("ran", "1;32"),
+            Status::Cached => ("cached", "1;36"),
+            Status::Failed => ("failed", "1;31"),
+            Status::Skipped => ("skipped", "1;33"),
+            Status::WouldRun => (self.would_run_word, "1;33"),
+            Status::Interrupted => ("interrupted", "1;31"),
+        };
+        let mut s = format!("{} {}", self.paint(&format!("{word:>11}"), code), r.stage);
+        match r.status {
+            Status::Ran => {
+                s.push_str(&format!(" in {:.2}s", r.duration_s));
+                if !r.reasons.is_empty() {
+                    s.push_str(&format!(": {}", r.reasons.join("; ")));
+                }
+            }
+            Status::Cached => {
+                s.push_str(": cache hit");
+                if !r.restored.is_empty() {
+                    let verb = if self.would_run_word == "stale" { "will restore" } else { "restored" };
+                    s.push_str(&format!(", {verb} {} from the store", r.restored.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ")));
+                }
+                if let Some(first) = r.reasons.first()
+                    && first == "made by another taoflow process"
+                {
+                    s.push_str(" (made by another taoflow process)");
+                }
+            }
+            Status::WouldRun => {
+                for reason in &r.reasons {
+                    s.push_str(&format!("\n              - {reason}"));
+                }
+            }
+            Status::Failed | Status::Skipped | Status::Interrupted => {
+                if let Some(e) = &r.error {
+                    let mut lines = e.lines();
+                    if let Some(first) = lines.next() {
+                        s.push_str(&format!(": {first}"));
+                    }
+                    for l in lines {
+                        s.push_str(&format!("\n              {l}"));
+                    }
+                }
+                if r.status == Status::Failed
+                    && let Some(log) = &r.log
+                {
+                    s.push_str(&format!("\n              log: {}", log.display()));
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Reporter for Ui {
+    fn started(&self, stage: &str) {
+        if self.json {
+            return;
+        }
+        match &self.mp {
+            Some(mp) => {
+                let pb = mp.add(ProgressBar::new_spinner());
+                pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                pb.set_message(format!("running {stage}"));
+                pb.enable_steady_tick(Duration::from_millis(120));
+                self.bars.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string(), pb);
+            }
+            None => self.line(&format!("{} {stage}", self.paint(&format!("{:>11}", "running"), "1;34"))),
+        }
+    }
+
+    fn waiting(&self, stage: &str, why: &str) {
+        if !self.json {
+            self.line(&format!("{} {stage}: {why}", self.paint(&format!("{:>11}", "waiting"), "1;33")));
+        }
+    }
+
+    fn finished(&self, r: &StageReport) {
+        if let Some(pb) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.stage) {
+            pb.finish_and_clear();
+        }
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+            return;
+        }
+        if self.quiet_cached && r.status == Status::Cached && r.restored.is_empty() {
+            return;
+        }
+        self.line(&self.describe(r));
+    }
+
+    fn warn(&self, msg: &str) {
+        self.line(&format!("{}: {msg}", self.paint("warning", "1;33")));
+    }
+}
