@@ -145,13 +145,13 @@ pub fn parse(path: &Path, dir: PathBuf, text: String, overrides: &[String]) -> R
     match doc.get("stages") {
         None => diags.push(
             Diag::error("the pipeline has no stages")
-                .at(&whole, "")
+                .at(&whole, "no `[stages.NAME]` table in this file")
                 .hint("add a stage:\n\n  [stages.hello]\n  kind = \"exec\"\n  cmd = \"echo hi > hello.txt\"\n  outs = [\"hello.txt\"]"),
         ),
         Some(node) => match &node.v {
             V::Table(t) => {
                 if t.entries.is_empty() {
-                    diags.push(Diag::error("the pipeline has no stages").at(&node.span, "empty `stages` table").hint("add at least one `[stages.NAME]` table"));
+                    diags.push(Diag::error("the `[stages]` table is empty").at(&node.span, "no stage inside").hint("add at least one `[stages.NAME]` table"));
                 }
                 for (k, v) in &t.entries {
                     if let Some(s) = parse_stage(k, v, &defaults, &common_defaults, &mut diags) {

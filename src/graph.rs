@@ -186,7 +186,9 @@ fn resolve(p: &Pipeline, outs: &[(usize, &crate::stages::OutputDecl)], raw: &str
         if let Some(o) = s.def.outputs.iter().find(|o| o.name == rest) {
             return Ok(InputSource::Artifact { stage: si, output: o.name.clone(), sub: None });
         }
-        if !p.dir.join(raw).exists() {
+        let as_path = normalize_rel(raw);
+        let is_output_path = as_path.as_ref().is_some_and(|ap| outs.iter().any(|(_, o)| ap.starts_with(&o.path)));
+        if !is_output_path && !p.dir.join(raw).exists() {
             let names: Vec<&str> = s.def.outputs.iter().map(|o| o.name.as_str()).collect();
             return Err((
                 format!("stage `{st}` has no output named `{rest}`"),
