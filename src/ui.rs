@@ -138,9 +138,8 @@ impl Reporter for Ui {
     }
 
     fn waiting(&self, stage: &str, why: &str) {
-        if !self.json {
-            self.line(&format!("{} {stage}: {why}", self.paint(&format!("{:>11}", "waiting"), "1;33")));
-        }
+        // Also with --json: stdout holds the JSON, this goes to stderr.
+        self.line(&format!("{} {stage}: {why}", self.paint(&format!("{:>11}", "waiting"), "1;33")));
     }
 
     fn finished(&self, r: &StageReport) {
