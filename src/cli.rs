@@ -111,6 +111,11 @@ pub enum Command {
         /// Only these stages (default: all).
         stages: Vec<String>,
     },
+    /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
+    Hash {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Re-run what a changed file or parameter affects, until Ctrl-C.
     Watch {
         #[command(flatten)]

@@ -239,6 +239,22 @@ pub async fn main(cli: Cli) -> i32 {
             };
             checkout(&p, &store, stages)
         }
+        Command::Hash { paths } => {
+            use rayon::prelude::*;
+            let stat = crate::hash::StatCache::in_memory();
+            let results: Vec<_> = paths.par_iter().map(|p| (p, crate::hash::hash_path(p, &stat))).collect();
+            let mut code = EXIT_OK;
+            for (p, r) in results {
+                match r {
+                    Ok(h) => println!("{}  {}  ({} file(s), {} bytes)", h.digest(), p.display(), h.file_count(), h.size()),
+                    Err(e) => {
+                        eprint_error(&format!("cannot hash `{}`: {e}", p.display()));
+                        code = EXIT_STORE;
+                    }
+                }
+            }
+            code
+        }
         Command::Watch { p, debounce_ms, jobs } => watch_cmd(&cli, p, *debounce_ms, *jobs).await,
     }
 }

@@ -196,6 +196,9 @@ pub async fn run(
         let ups: Vec<(usize, watch::Receiver<Option<Arc<Done>>>)> = g.upstream[i].iter().map(|u| (*u, receivers[*u].clone())).collect();
         let e = Arc::clone(&engine);
         tasks.spawn(async move {
+            // External inputs do not depend on other stages: hash them now, while the
+            // stages upstream still run.
+            let prehash = e.start_prehash(i);
             let mut upstream = BTreeMap::new();
             for (u, mut rx) in ups {
                 let done = loop {
@@ -209,7 +212,7 @@ pub async fn run(
                 upstream.insert(u, done);
             }
             let start = Instant::now();
-            let (report, done) = e.stage(i, &upstream).await;
+            let (report, done) = e.stage(i, &upstream, prehash).await;
             let mut report = report;
             report.duration_s = start.elapsed().as_secs_f64();
             if report.status == Status::Failed && !e.opts.keep_going {
@@ -292,7 +295,23 @@ impl Engine {
         (r, Done { status, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None })
     }
 
-    async fn stage(&self, i: usize, upstream: &BTreeMap<usize, Arc<Done>>) -> (StageReport, Done) {
+    /// Start hashing the stage's external inputs that no stage writes into.
+    fn start_prehash(&self, i: usize) -> Option<tokio::task::JoinHandle<Vec<Hashed>>> {
+        let list: Vec<(String, PathBuf, crate::diag::Span)> = self.g.inputs[i]
+            .iter()
+            .filter_map(|r| match &r.source {
+                InputSource::Path { path, upstream } if upstream.is_empty() => Some((r.label.clone(), path.clone(), r.span.clone())),
+                _ => None,
+            })
+            .collect();
+        if list.is_empty() {
+            return None;
+        }
+        let stat = Arc::clone(&self.stat);
+        Some(tokio::task::spawn_blocking(move || hash_inputs(list, &stat)))
+    }
+
+    async fn stage(&self, i: usize, upstream: &BTreeMap<usize, Arc<Done>>, prehash: Option<tokio::task::JoinHandle<Vec<Hashed>>>) -> (StageReport, Done) {
         let st = &self.p.stages[i];
         // Upstream problems decide first.
         for (u, d) in upstream {
@@ -332,17 +351,19 @@ impl Engine {
                         }
                     }
                 }
-                InputSource::Path { path, .. } => to_hash.push((r.label.clone(), path.clone(), r.span.clone())),
+                InputSource::Path { path, upstream } if !upstream.is_empty() => to_hash.push((r.label.clone(), path.clone(), r.span.clone())),
+                InputSource::Path { .. } => {}
             }
         }
+        let mut hashed = match prehash {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         if !to_hash.is_empty() {
             let stat = Arc::clone(&self.stat);
-            let list = to_hash.clone();
-            let hashed = tokio::task::spawn_blocking(move || {
-                list.into_iter().map(|(label, path, span)| (label, hash_path(&path, &stat).map(|h| h.digest()), path, span)).collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
+            hashed.extend(tokio::task::spawn_blocking(move || hash_inputs(to_hash, &stat)).await.unwrap_or_default());
+        }
+        {
             for (label, res, path, span) in hashed {
                 match res {
                     Ok(d) => {
@@ -671,6 +692,13 @@ impl Engine {
         let done = self.done_from_manifest(Status::Ran, &manifest, fp, key, &out_paths);
         (rep, done)
     }
+}
+
+/// (label, digest or error, path, span) of each input hashed.
+type Hashed = (String, std::io::Result<Digest>, PathBuf, crate::diag::Span);
+
+fn hash_inputs(list: Vec<(String, PathBuf, crate::diag::Span)>, stat: &StatCache) -> Vec<Hashed> {
+    list.into_iter().map(|(label, path, span)| (label, hash_path(&path, stat).map(|h| h.digest()), path, span)).collect()
 }
 
 async fn wait_cancel(mut rx: watch::Receiver<bool>) {

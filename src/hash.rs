@@ -78,12 +78,42 @@ impl Hashed {
 }
 
 /// blake3 of a file's bytes, using several threads for big files.
+///
+/// Plain `read` calls in large chunks, with sequential read-ahead advised: from a cold
+/// page cache this streams faster than mmap's page faults.
 pub fn hash_file(path: &Path, size: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
     let mut h = blake3::Hasher::new();
-    if size >= BIG_FILE {
-        h.update_mmap_rayon(path)?;
-    } else if size > 0 {
-        h.update_mmap(path)?;
+    if size > 0 {
+        let mut f = std::fs::File::open(path)?;
+        // SAFETY: advisory call on a descriptor we own.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        }
+        let chunk = if size >= BIG_FILE { 8 << 20 } else { (size as usize).clamp(64 << 10, 2 << 20) };
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = f.read(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            if filled >= (1 << 20) && size >= BIG_FILE {
+                h.update_rayon(&buf[..filled]);
+            } else {
+                h.update(&buf[..filled]);
+            }
+            if filled < buf.len() {
+                break;
+            }
+        }
     }
     Ok(h.finalize().to_hex().to_string())
 }

@@ -262,7 +262,7 @@ outs = ["both.txt"]
 "#,
     );
     // No GPU on this machine: a clear failure.
-    let (code, m, _) = p.run_json(&[]);
+    let (code, m, _) = p.run_json(&["--keep-going"]);
     assert_eq!(code, 1);
     let e = m["a"]["error"].as_str().unwrap();
     assert!(e.contains("needs 1 GPU(s) but this machine has 0") && e.contains("gpus = 0"), "{e}");
