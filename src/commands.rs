@@ -391,7 +391,7 @@ fn checkout(p: &Pipeline, store: &Store, only: &[String]) -> i32 {
         }
         for (out, rec) in &ls.outs {
             let dest = p.dir.join(&rec.path);
-            let current = if dest.exists() { crate::hash::hash_path(&dest, &stat).ok().map(|h| h.digest()) } else { None };
+            let current = if dest.exists() { crate::hash::digest_path(&dest, &stat).ok() } else { None };
             if current.as_deref() == Some(rec.digest.as_str()) {
                 continue;
             }

@@ -14,7 +14,7 @@ use crate::config::Pipeline;
 use crate::fingerprint::{Fingerprint, SCHEMA};
 use crate::gpu::GpuPool;
 use crate::graph::{Graph, InputSource};
-use crate::hash::{hash_path, Digest, StatCache};
+use crate::hash::{digest_path, Digest, StatCache};
 use crate::lockfile::{LockFile, LockStage};
 use crate::stages::{RunCtx, StageError};
 use crate::store::{Manifest, OutputRecord, Provenance, Store};
@@ -470,7 +470,7 @@ impl Engine {
             let mut restore = Vec::new();
             for (name, rec) in &m.outputs {
                 let Some(ws) = out_paths.get(name) else { continue };
-                let current = if ws.exists() { hash_path(ws, &stat).ok().map(|h| h.digest()) } else { None };
+                let current = if ws.exists() { digest_path(ws, &stat).ok() } else { None };
                 if current.as_deref() == Some(rec.digest.as_str()) {
                     continue;
                 }
@@ -698,7 +698,7 @@ impl Engine {
 type Hashed = (String, std::io::Result<Digest>, PathBuf, crate::diag::Span);
 
 fn hash_inputs(list: Vec<(String, PathBuf, crate::diag::Span)>, stat: &StatCache) -> Vec<Hashed> {
-    list.into_iter().map(|(label, path, span)| (label, hash_path(&path, stat).map(|h| h.digest()), path, span)).collect()
+    list.into_iter().map(|(label, path, span)| (label, digest_path(&path, stat), path, span)).collect()
 }
 
 async fn wait_cancel(mut rx: watch::Receiver<bool>) {

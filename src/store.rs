@@ -10,7 +10,7 @@
 //!   roots/                    lock files that use this store (for gc)
 //!   logs/PIPELINE/STAGE.log   the last log of each stage
 //!   tmp/                      temp files; renamed into place when complete
-//!   local/HOST/statcache-v1   (path, size, mtime, inode) -> hash, per machine
+//!   local/HOST/statcache/     (path, size, mtime, inode) -> hash, per machine
 //! ```
 
 use std::collections::BTreeMap;
@@ -135,7 +135,7 @@ impl Store {
 
     pub fn stat_cache_path(&self) -> PathBuf {
         let host = hostname::get().map(|h| h.to_string_lossy().to_string()).unwrap_or_else(|_| "localhost".into());
-        self.root.join("local").join(host).join("statcache-v1")
+        self.root.join("local").join(host).join("statcache")
     }
 
     pub fn has_object(&self, hash: &str) -> bool {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{map, text, wait_for, Project};
+use common::{map, text, Project};
 
 /// prepare -> train -> evaluate, plus an independent `lint` stage. Every stage appends its
 /// name to ran.log when it really runs.
