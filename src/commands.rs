@@ -286,6 +286,9 @@ pub fn render_dag(p: &Pipeline, g: &Graph, fmt: DagFormat) -> String {
                 let s = &p.stages[i];
                 let gpus = if s.def.gpus > 0 { format!(", {} GPU", s.def.gpus) } else { String::new() };
                 out.push_str(&format!("{} ({}{gpus})\n", s.name, s.kind.name()));
+                if let Some(d) = &s.def.description {
+                    out.push_str(&format!("  # {d}\n"));
+                }
                 for r in &g.inputs[i] {
                     let kind = if matches!(r.source, InputSource::Path { .. }) { "path" } else { "artifact" };
                     out.push_str(&format!("  <- {} ({kind})\n", input_text(p, &r.source, &r.label)));
@@ -425,15 +428,14 @@ fn gc(store: &Store, keep_days: f64, dry_run: bool) -> i32 {
     let (mut removed_manifests, mut kept_manifests) = (0usize, 0usize);
     for (path, key, mtime) in store.manifests() {
         let recent = now.duration_since(mtime).map(|d| d < keep_for).unwrap_or(true);
-        if keep_keys.contains(&key) || recent {
-            if let Some(m) = store.get_manifest(&key) {
+        if (keep_keys.contains(&key) || recent)
+            && let Some(m) = store.get_manifest(&key) {
                 for o in m.outputs.values() {
                     store.artifact_objects(&o.digest, &mut reachable);
                 }
                 kept_manifests += 1;
                 continue;
             }
-        }
         removed_manifests += 1;
         if !dry_run {
             let _ = std::fs::remove_file(path);

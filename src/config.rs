@@ -253,7 +253,7 @@ fn parse_stage(
     let mut f = Fields::new(&merged, &ctx, diags);
     f.mark("kind");
     let gpus = f.uint("gpus").map(|(g, _)| g as u32).unwrap_or(0);
-    let _ = f.str("description");
+    let description = f.str("description").map(|(d, _)| d);
     let def = kind.parse(&mut f, &name);
     let mut known: Vec<&str> = COMMON_KEYS.to_vec();
     known.extend(kind.keys());
@@ -263,6 +263,7 @@ fn parse_stage(
         return None;
     }
     def.gpus = gpus;
+    def.description = description;
     Some(Stage { name, name_span: key.span.clone(), kind, def })
 }
 
@@ -542,7 +543,7 @@ impl<'a> Fields<'a> {
     /// Report every key that was not read as unknown, with a suggestion.
     pub fn finish(self, known: &[&str]) {
         for (k, _) in &self.table.entries {
-            if self.used.iter().any(|u| *u == k.name) {
+            if self.used.contains(&k.name) {
                 continue;
             }
             let hint = match did_you_mean(&k.name, known.iter().copied()) {

@@ -392,11 +392,12 @@ impl Engine {
             inputs,
         };
         let key = fp.key();
+        tracing::debug!(stage = %st.name, key = %key, fingerprint = %String::from_utf8_lossy(&fp.canonical()), "stage key");
         let reasons = self.reasons(i, &fp, &key);
         let out_paths: BTreeMap<String, PathBuf> = st.def.outputs.iter().map(|o| (o.name.clone(), self.p.dir.join(&o.path))).collect();
 
-        if !self.forced[i] || !self.selected[i] {
-            if let Some((m, restore)) = self.lookup(&key, &out_paths).await {
+        if (!self.forced[i] || !self.selected[i])
+            && let Some((m, restore)) = self.lookup(&key, &out_paths).await {
                 let mut rep = self.report(i, Status::Cached);
                 rep.key = Some(key.clone());
                 rep.reasons = reasons.clone();
@@ -416,7 +417,6 @@ impl Engine {
                 let done = self.done_from_manifest(Status::Cached, &m, fp, key, &out_paths);
                 return (rep, done);
             }
-        }
         if !self.selected[i] {
             return self.not_done(
                 i,
@@ -442,7 +442,11 @@ impl Engine {
         }
         match self.lock.stages.get(&st.name) {
             None => out.push(format!("no earlier run recorded in {}", file_name(&self.p.lock_path()))),
-            Some(l) if l.key == key => {}
+            Some(l) if l.key == key => {
+                if self.store.get_manifest(key).is_none() {
+                    out.push("its result is not in the store (new store, or removed by gc)".into());
+                }
+            }
             Some(l) => {
                 let d = fp.diff(&l.fingerprint);
                 if d.is_empty() {
@@ -582,6 +586,7 @@ impl Engine {
             return self.not_done(i, Status::Interrupted, "interrupted".into());
         }
         self.reporter.started(&st.name);
+        tracing::info!(stage = %st.name, key = %key, gpus = ?lease.ids, "running");
         let log = self.store.log_path(&self.p.name, &st.name);
         if let Some(parent) = log.parent() {
             let _ = std::fs::create_dir_all(parent);
@@ -683,6 +688,7 @@ impl Engine {
                 os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
             },
         };
+        tracing::info!(stage = %st.name, key = %key, seconds = duration, "stored result");
         if let Err(e) = self.store.put_manifest(&manifest) {
             rep.status = Status::Failed;
             rep.error = Some(e.to_string());

@@ -92,6 +92,10 @@ impl Ui {
                     && first == "made by another taoflow process"
                 {
                     s.push_str(" (made by another taoflow process)");
+                } else if !r.restored.is_empty() {
+                    for reason in &r.reasons {
+                        s.push_str(&format!("\n              - {reason}"));
+                    }
                 }
             }
             Status::WouldRun => {

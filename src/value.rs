@@ -75,6 +75,7 @@ impl V {
 }
 
 /// Parse TOML text into a spanned [`Table`]. A syntax error becomes a [`Diag`].
+#[allow(clippy::result_large_err)]
 pub fn parse_document(src: &Arc<Source>) -> Result<Table, Diag> {
     match DeTable::parse(&src.text) {
         Ok(t) => {
@@ -93,6 +94,7 @@ pub fn parse_document(src: &Arc<Source>) -> Result<Table, Diag> {
 }
 
 /// Parse a single TOML value (used for `-S key=value`); a bare word is taken as a string.
+#[allow(clippy::result_large_err)]
 pub fn parse_value(src: &Arc<Source>, range: std::ops::Range<usize>) -> Result<Node, Diag> {
     let text = &src.text[range.clone()];
     match DeValue::parse(text) {

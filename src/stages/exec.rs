@@ -180,7 +180,7 @@ impl StageKind for Exec {
         if let Some(m) = &metrics {
             canon.insert("metrics".into(), PVal::Str(m.clone()));
         }
-        Some(StageDef { params: canon, inputs, outputs, metrics, gpus: 0, typed: Arc::new(ExecStage { cmd: expanded }) })
+        Some(StageDef { params: canon, inputs, outputs, metrics, gpus: 0, description: None, typed: Arc::new(ExecStage { cmd: expanded }) })
     }
 
     fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>> {

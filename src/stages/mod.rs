@@ -49,6 +49,8 @@ pub struct StageDef {
     pub metrics: Option<String>,
     /// GPUs the stage needs (0: CPU only).
     pub gpus: u32,
+    /// The stage's `description`, for `taoflow dag`.
+    pub description: Option<String>,
     /// The kind's own parsed form, for `run`.
     pub typed: Arc<dyn Any + Send + Sync>,
 }
