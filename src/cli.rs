@@ -42,6 +42,28 @@ pub struct PipelineArg {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SynthCommand {
+    /// KITTI detection data: OUT/image_2/NNNNNN.png and OUT/label_2/NNNNNN.txt.
+    Kitti {
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 320)]
+        width: u32,
+        #[arg(long, default_value_t = 128)]
+        height: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Class names, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "car,pedestrian,cyclist")]
+        classes: Vec<String>,
+        /// Most objects per image.
+        #[arg(long, default_value_t = 5)]
+        max_objects: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the stages whose inputs or parameters changed; serve the rest from the store.
     #[command(after_help = EXIT_CODES)]
@@ -110,6 +132,12 @@ pub enum Command {
         pipeline: PathBuf,
         /// Only these stages (default: all).
         stages: Vec<String>,
+    },
+    /// Generate synthetic data: `taoflow synth kitti OUT` writes a KITTI detection dataset
+    /// (textured backgrounds, shapes of several classes) for tests and examples.
+    Synth {
+        #[command(subcommand)]
+        what: SynthCommand,
     },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {

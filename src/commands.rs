@@ -239,6 +239,19 @@ pub async fn main(cli: Cli) -> i32 {
             };
             checkout(&p, &store, stages)
         }
+        Command::Synth { what: crate::cli::SynthCommand::Kitti { out, count, width, height, seed, classes, max_objects } } => {
+            let spec = crate::data::synth::SynthSpec { count: *count, width: *width, height: *height, seed: *seed, classes: classes.clone(), max_objects: *max_objects };
+            match crate::data::synth::kitti(out, &spec) {
+                Ok(n) => {
+                    eprintln!("wrote {count} image(s) with {n} box(es) to {}", out.display());
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprint_error(&e.to_string());
+                    EXIT_STORE
+                }
+            }
+        }
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();
@@ -392,13 +405,14 @@ fn checkout(p: &Pipeline, store: &Store, only: &[String]) -> i32 {
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
+        let owned: Vec<&str> = p.stage(name).map(|s| s.def.outputs.iter().filter(|o| o.owned).map(|o| o.name.as_str()).collect()).unwrap_or_default();
         for (out, rec) in &ls.outs {
             let dest = p.dir.join(&rec.path);
             let current = if dest.exists() { crate::hash::digest_path(&dest, &stat).ok() } else { None };
             if current.as_deref() == Some(rec.digest.as_str()) {
                 continue;
             }
-            match store.materialize(&rec.digest, &dest, &stat) {
+            match store.materialize(&rec.digest, &dest, &stat, owned.contains(&out.as_str())) {
                 Ok(()) => {
                     restored += 1;
                     eprintln!("   restored {name}.{out} -> {}", rec.path);

@@ -166,6 +166,13 @@ pub fn parse(path: &Path, dir: PathBuf, text: String, overrides: &[String]) -> R
     if !diags.is_empty() {
         return Err(diags);
     }
+    // Artifacts that taoflow writes itself live under outputs/PIPELINE/STAGE/ARTIFACT, so
+    // that pipelines sharing a folder never write to the same place.
+    for s in &mut stages_out {
+        for o in s.def.outputs.iter_mut().filter(|o| o.owned) {
+            o.path = PathBuf::from("outputs").join(&name).join(&s.name).join(&o.name);
+        }
+    }
     let pipeline = Pipeline { path: path.to_path_buf(), dir, src, name, seed, stages: stages_out };
     Ok(pipeline)
 }

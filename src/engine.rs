@@ -65,6 +65,9 @@ pub struct StageReport {
     pub reasons: Vec<String>,
     /// Outputs recreated in the workspace from the store (or that would be).
     pub restored: Vec<String>,
+    /// What the stage had to say: a summary, warnings, skipped samples.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_s: f64,
@@ -276,6 +279,7 @@ impl Engine {
             key: None,
             reasons: Vec::new(),
             restored: Vec::new(),
+            notes: Vec::new(),
             error: None,
             duration_s: 0.0,
             log: None,
@@ -495,10 +499,11 @@ impl Engine {
         let _lock = self.key_lock(key, &self.p.stages.iter().find(|s| s.name == m.stage).map(|s| s.name.clone()).unwrap_or_default()).await?;
         let store = Arc::clone(&self.store);
         let stat = Arc::clone(&self.stat);
-        let jobs: Vec<(String, PathBuf)> = names.iter().map(|n| (m.outputs[n].digest.clone(), out_paths[n].clone())).collect();
+        let owned: Vec<String> = self.p.stages.iter().filter(|s| s.name == m.stage).flat_map(|s| s.def.outputs.iter().filter(|o| o.owned).map(|o| o.name.clone())).collect();
+        let jobs: Vec<(String, PathBuf, bool)> = names.iter().map(|n| (m.outputs[n].digest.clone(), out_paths[n].clone(), owned.contains(n))).collect();
         tokio::task::spawn_blocking(move || {
-            for (digest, path) in jobs {
-                store.materialize(&digest, &path, &stat).map_err(|e| e.to_string())?;
+            for (digest, path, link) in jobs {
+                store.materialize(&digest, &path, &stat, link).map_err(|e| e.to_string())?;
             }
             Ok(())
         })
@@ -617,7 +622,7 @@ impl Engine {
         rep.key = Some(key.clone());
         rep.reasons = reasons;
         rep.log = Some(log.clone());
-        match result {
+        let notes = match result {
             Err(StageError::Interrupted) => {
                 rep.status = Status::Interrupted;
                 rep.error = Some("interrupted; nothing was stored".into());
@@ -628,8 +633,9 @@ impl Engine {
                 rep.error = Some(msg);
                 return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
             }
-            Ok(()) => {}
-        }
+            Ok(notes) => notes,
+        };
+        rep.notes = notes;
         if self.cancelled() {
             rep.status = Status::Interrupted;
             rep.error = Some("interrupted; nothing was stored".into());
@@ -638,13 +644,13 @@ impl Engine {
         // Store the outputs, then the manifest: a manifest only ever names stored objects.
         let store = Arc::clone(&self.store);
         let stat = Arc::clone(&self.stat);
-        let decls: Vec<(String, PathBuf, PathBuf)> = st.def.outputs.iter().map(|o| (o.name.clone(), o.path.clone(), out_paths[&o.name].clone())).collect();
+        let decls: Vec<(String, PathBuf, PathBuf, bool)> = st.def.outputs.iter().map(|o| (o.name.clone(), o.path.clone(), out_paths[&o.name].clone(), o.owned)).collect();
         let metrics_name = st.def.metrics.clone();
         let ingest = tokio::task::spawn_blocking(move || -> Result<(BTreeMap<String, OutputRecord>, Option<serde_json::Value>), String> {
             let mut recs = BTreeMap::new();
             let mut metrics = None;
-            for (name, rel, abs) in decls {
-                let h = store.ingest(&abs, &stat).map_err(|e| format!("cannot store output `{name}`: {e}"))?;
+            for (name, rel, abs, owned) in decls {
+                let h = store.ingest(&abs, &stat, owned).map_err(|e| format!("cannot store output `{name}`: {e}"))?;
                 if metrics_name.as_deref() == Some(name.as_str()) {
                     let text = std::fs::read(&abs).map_err(|e| format!("cannot read metrics file `{}`: {e}", rel.display()))?;
                     let v: serde_json::Value = serde_json::from_slice(&text)

@@ -203,6 +203,31 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Put object `hash` at `dest`: a hard link when `link` (the object is verified first;
+    /// a copy when linking is impossible), else a verified copy (atomically).
+    fn object_to(&self, hash: &str, dest: &Path, exec: bool, link: bool) -> Result<(), StoreError> {
+        if link {
+            let src = self.object_path(hash);
+            let actual = match crate::hash::hash_file(&src, fs::metadata(&src).map(|m| m.len()).unwrap_or(0)) {
+                Ok(h) => h,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::Missing(hash.to_string())),
+                Err(e) => return Err(StoreError::Io { context: format!("cannot read `{}`", src.display()), source: e }),
+            };
+            if actual != hash {
+                let _ = fs::remove_file(&src);
+                return Err(StoreError::Corrupt { hash: hash.to_string(), actual });
+            }
+            if let Some(dir) = dest.parent() {
+                io(fs::create_dir_all(dir), || format!("cannot create `{}`", dir.display()))?;
+            }
+            let _ = fs::remove_file(dest);
+            if fs::hard_link(&src, dest).is_ok() {
+                return Ok(());
+            }
+        }
+        self.copy_object_to(hash, dest, exec)
+    }
+
     /// Copy object `hash` to `dest` (atomically), verifying it on the way.
     fn copy_object_to(&self, hash: &str, dest: &Path, exec: bool) -> Result<(), StoreError> {
         let src = self.object_path(hash);
@@ -235,19 +260,38 @@ impl Store {
         Ok(())
     }
 
-    /// Hash `path` and copy its files into the store. Returns what was stored.
-    pub fn ingest(&self, path: &Path, cache: &StatCache) -> Result<Hashed, StoreError> {
+    /// Store a file under its known hash: by hard link when `link` (the file becomes the
+    /// read-only object), else by copy.
+    fn put_known(&self, p: &Path, hash: &str, link: bool) -> Result<(), StoreError> {
+        if link {
+            let dest = self.object_path(hash);
+            if let Some(parent) = dest.parent() {
+                io(fs::create_dir_all(parent), || format!("cannot create `{}`", parent.display()))?;
+            }
+            match fs::hard_link(p, &dest) {
+                Ok(()) => {
+                    let _ = fs::set_permissions(&dest, fs::Permissions::from_mode(0o444));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+                Err(_) => {} // another file system: copy
+            }
+        }
+        let got = self.put_file(p)?;
+        if got != hash {
+            return Err(StoreError::Io { context: format!("`{}` changed while it was being stored", p.display()), source: std::io::Error::other("content changed") });
+        }
+        Ok(())
+    }
+
+    /// Hash `path` and put its files into the store (copies, or hard links when `link`).
+    /// Returns what was stored.
+    pub fn ingest(&self, path: &Path, cache: &StatCache, link: bool) -> Result<Hashed, StoreError> {
         let hashed = io(hash_path(path, cache), || format!("cannot hash `{}`", path.display()))?;
         match &hashed {
             Hashed::File { hash, .. } => {
                 if !self.has_object(hash) {
-                    let got = self.put_file(path)?;
-                    if &got != hash {
-                        return Err(StoreError::Io {
-                            context: format!("`{}` changed while it was being stored", path.display()),
-                            source: std::io::Error::other("content changed"),
-                        });
-                    }
+                    self.put_known(path, hash, link)?;
                 }
             }
             Hashed::Dir(tree) => {
@@ -256,15 +300,7 @@ impl Store {
                     if self.has_object(&e.hash) {
                         return Ok(());
                     }
-                    let p = path.join(&e.path);
-                    let got = self.put_file(&p)?;
-                    if got != e.hash {
-                        return Err(StoreError::Io {
-                            context: format!("`{}` changed while it was being stored", p.display()),
-                            source: std::io::Error::other("content changed"),
-                        });
-                    }
-                    Ok(())
+                    self.put_known(&path.join(&e.path), &e.hash, link)
                 })?;
                 self.put_bytes(&tree.bytes())?;
             }
@@ -307,12 +343,12 @@ impl Store {
 
     /// Recreate an artifact at `dest` from the store, replacing what is there. A folder is
     /// built beside `dest` and swapped in, so a failure leaves no half-made folder.
-    pub fn materialize(&self, digest: &str, dest: &Path, cache: &StatCache) -> Result<(), StoreError> {
+    pub fn materialize(&self, digest: &str, dest: &Path, cache: &StatCache, link: bool) -> Result<(), StoreError> {
         if let Some(h) = digest.strip_prefix("f:") {
             if dest.is_dir() {
                 io(fs::remove_dir_all(dest), || format!("cannot remove `{}`", dest.display()))?;
             }
-            self.copy_object_to(h, dest, false)?;
+            self.object_to(h, dest, false, link)?;
             cache.remember(dest, h);
             return Ok(());
         }
@@ -322,7 +358,7 @@ impl Store {
         let staging = io(tempfile::Builder::new().prefix(".taoflow-").tempdir_in(parent), || format!("cannot write in `{}`", parent.display()))?;
         {
             use rayon::prelude::*;
-            tree.entries.par_iter().try_for_each(|e| self.copy_object_to(&e.hash, &staging.path().join(&e.path), e.exec))?;
+            tree.entries.par_iter().try_for_each(|e| self.object_to(&e.hash, &staging.path().join(&e.path), e.exec, link))?;
         }
         crate::stages::exec::remove_path(dest).map_err(|e| StoreError::Io { context: format!("cannot replace `{}`", dest.display()), source: e })?;
         let staged = staging.keep();
@@ -459,11 +495,11 @@ mod tests {
         fs::write(ws.join("out/a.txt"), "A").unwrap();
         fs::write(ws.join("out/sub/b.txt"), "B").unwrap();
         let c = StatCache::in_memory();
-        let h = s.ingest(&ws.join("out"), &c).unwrap();
+        let h = s.ingest(&ws.join("out"), &c, false).unwrap();
         let digest = h.digest();
         assert!(s.artifact_present(&digest));
         fs::remove_dir_all(ws.join("out")).unwrap();
-        s.materialize(&digest, &ws.join("out"), &c).unwrap();
+        s.materialize(&digest, &ws.join("out"), &c, false).unwrap();
         assert_eq!(fs::read_to_string(ws.join("out/sub/b.txt")).unwrap(), "B");
         // Corrupt one object: restoring fails cleanly and the object is gone.
         let t = s.tree(&digest).unwrap();
@@ -471,7 +507,7 @@ mod tests {
         fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&obj, "garbage").unwrap();
         fs::remove_dir_all(ws.join("out")).unwrap();
-        let e = s.materialize(&digest, &ws.join("out"), &c).unwrap_err();
+        let e = s.materialize(&digest, &ws.join("out"), &c, false).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
         assert!(!ws.join("out").exists(), "no half-made folder");
         assert!(!s.artifact_present(&digest));

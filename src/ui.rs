@@ -81,6 +81,9 @@ impl Ui {
                 if !r.reasons.is_empty() {
                     s.push_str(&format!(": {}", r.reasons.join("; ")));
                 }
+                for n in &r.notes {
+                    s.push_str(&format!("\n              {n}"));
+                }
             }
             Status::Cached => {
                 s.push_str(": cache hit");

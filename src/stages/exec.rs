@@ -121,7 +121,7 @@ impl StageKind for Exec {
                             ok = false;
                             continue;
                         }
-                        outputs.push(OutputDecl { name, path: p, span });
+                        outputs.push(OutputDecl { name, path: p, span, owned: false });
                     }
                 }
             }
@@ -144,7 +144,7 @@ impl StageKind for Exec {
                         );
                         ok = false;
                     } else {
-                        outputs.push(OutputDecl { name: "metrics".into(), path: p, span: node.span.clone() });
+                        outputs.push(OutputDecl { name: "metrics".into(), path: p, span: node.span.clone(), owned: false });
                         metrics = Some("metrics".into());
                     }
                 }
@@ -183,8 +183,8 @@ impl StageKind for Exec {
         Some(StageDef { params: canon, inputs, outputs, metrics, gpus: 0, description: None, typed: Arc::new(ExecStage { cmd: expanded }) })
     }
 
-    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>> {
-        Box::pin(run(ctx))
+    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
+        Box::pin(async move { run(ctx).await.map(|()| Vec::new()) })
     }
 }
 
@@ -297,6 +297,7 @@ async fn run(ctx: &RunCtx) -> Result<(), StageError> {
         .env("TAOFLOW_STAGE", &ctx.stage)
         .env("TAOFLOW_SEED", ctx.seed.to_string())
         .env("TAOFLOW_SCRATCH", &ctx.scratch)
+        .env("TAOFLOW_BIN", std::env::current_exe().unwrap_or_else(|_| "taoflow".into()))
         .process_group(0);
     if !ctx.gpus.is_empty() {
         let ids: Vec<String> = ctx.gpus.iter().map(|g| g.to_string()).collect();

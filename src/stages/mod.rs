@@ -17,6 +17,7 @@ use crate::config::Fields;
 use crate::diag::Span;
 use crate::value::PVal;
 
+pub mod convert;
 pub mod exec;
 
 /// One kind of stage (`exec`, and later `convert`, `train`, …).
@@ -34,8 +35,9 @@ pub trait StageKind: Send + Sync + fmt::Debug + 'static {
     }
     /// Read the stage's table. Errors go to `f.diags`; return `None` if the stage is unusable.
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef>;
-    /// Run the stage. Outputs must exist at `ctx.outputs[name]` when it returns `Ok`.
-    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>>;
+    /// Run the stage. Outputs must exist at `ctx.outputs[name]` when it returns `Ok`, with
+    /// notes for the user (a summary, warnings, counts of skipped samples).
+    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>>;
 }
 
 /// What a stage reads and writes, as parsed from its table.
@@ -70,6 +72,9 @@ pub struct OutputDecl {
     pub name: String,
     pub path: PathBuf,
     pub span: Span,
+    /// Written by taoflow itself (not a user's command): stored and restored by hard link
+    /// instead of a copy, read-only, at `outputs/PIPELINE/STAGE/NAME`.
+    pub owned: bool,
 }
 
 /// Everything a running stage gets.
@@ -109,15 +114,16 @@ impl fmt::Display for StageError {
 }
 
 static EXEC: exec::Exec = exec::Exec;
+static CONVERT: convert::Convert = convert::Convert;
 
 /// Every kind this build offers.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    static KINDS: [&dyn StageKind; 1] = [&EXEC];
+    static KINDS: [&dyn StageKind; 2] = [&EXEC, &CONVERT];
     &KINDS
 }
 
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &["convert", "augment", "train", "evaluate", "prune", "retrain", "quantize", "export"];
+pub const PLANNED: &[&str] = &["augment", "train", "evaluate", "prune", "retrain", "quantize", "export"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)

@@ -1,0 +1,521 @@
+//! The `convert` stage's work: items from a source format -> validated, split, shuffled
+//! samples -> tar shards and `dataset.json`. The same input and options give the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+use rayon::prelude::*;
+
+use super::formats::{self, Bad, Format, ImageSource, Item, ItemLabel, SourceOptions};
+use super::image_io;
+use super::rng::Rng;
+use super::shards::{RawSample, ShardWriter};
+use super::{DataError, DatasetManifest, DetectionTarget, ImageStats, MinMaxMean, Skipped, SplitInfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBad {
+    Error,
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SplitSpec {
+    /// Stratified per class, seeded.
+    Fraction { val: f64, test: f64 },
+    /// Split name -> file listing the keys (or relative paths) of its samples.
+    Lists(BTreeMap<String, PathBuf>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertSpec {
+    pub format: Format,
+    pub source: PathBuf,
+    pub options: SourceOptions,
+    /// Target class names (and their order); for IDX and segmentation, names by index.
+    pub classes: Option<Vec<String>>,
+    /// Source class name -> target class name, matched case-insensitively.
+    pub class_map: Vec<(String, String)>,
+    /// Detection classes dropped without complaint (KITTI's `DontCare`).
+    pub ignore_classes: Vec<String>,
+    pub split: SplitSpec,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub on_bad: OnBad,
+    pub shard_max_bytes: u64,
+    pub shard_max_samples: usize,
+    pub seed: u64,
+    /// Set to stop early (Ctrl-C): `convert` returns `DataError::Invalid("interrupted")`.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// What `convert` made, and what the user should hear about.
+#[derive(Debug)]
+pub struct ConvertReport {
+    pub manifest: DatasetManifest,
+    pub notes: Vec<String>,
+}
+
+const MAX_EXAMPLES: usize = 5;
+
+/// The class of a source name: mapped, ignored or unknown.
+enum Mapped {
+    To(String),
+    Ignore,
+    Unknown,
+}
+
+struct Classes {
+    list: Vec<String>,
+    index: HashMap<String, u32>,
+    map: HashMap<String, String>,
+    ignore: BTreeSet<String>,
+    /// Names by index for index-labelled sources (IDX, segmentation).
+    by_index: Option<Vec<String>>,
+    strict: bool,
+}
+
+impl Classes {
+    fn map(&self, name: &str) -> Mapped {
+        let lower = name.to_lowercase();
+        if self.ignore.contains(&lower) {
+            return Mapped::Ignore;
+        }
+        if let Some(t) = self.map.get(&lower) {
+            return Mapped::To(t.clone());
+        }
+        if let Some(c) = self.list.iter().find(|c| c.to_lowercase() == lower) {
+            return Mapped::To(c.clone());
+        }
+        if self.strict { Mapped::Unknown } else { Mapped::To(name.to_string()) }
+    }
+}
+
+fn index_name(by_index: &Option<Vec<String>>, raw: &str) -> Result<String, String> {
+    match by_index {
+        None => Ok(raw.to_string()),
+        Some(names) => {
+            let i: usize = raw.parse().map_err(|_| format!("label `{raw}` is not a class index"))?;
+            names.get(i).cloned().ok_or_else(|| format!("label {i} but only {} class name(s) are given in `classes`", names.len()))
+        }
+    }
+}
+
+/// A sample ready for a shard.
+struct Processed {
+    key: String,
+    members: Vec<(String, Vec<u8>)>,
+    width: u32,
+    height: u32,
+    channels: u8,
+    encoding: &'static str,
+    classes: Vec<String>,
+    boxes: Vec<String>,
+}
+
+pub fn convert(spec: &ConvertSpec, out: &Path) -> Result<ConvertReport, DataError> {
+    if !spec.source.exists() {
+        return Err(DataError::Invalid(format!("the source `{}` does not exist", spec.source.display())));
+    }
+    let mut collected = formats::collect(spec.format, &spec.source, &spec.options)?;
+    let mut notes: Vec<String> = Vec::new();
+    let mut warnings = std::mem::take(&mut collected.warnings);
+
+    // Duplicate keys would overwrite each other in a shard.
+    collected.items.sort_by(|a, b| a.key.cmp(&b.key));
+    for w in collected.items.windows(2) {
+        if w[0].key == w[1].key {
+            return Err(DataError::Invalid(format!(
+                "two samples have the same key `{}`: `{}` and `{}`\n  = hint: file names must be unique per folder once the extension is dropped (e.g. `a.png` and `a.jpg` collide); rename one",
+                w[0].key, w[0].origin, w[1].origin
+            )));
+        }
+    }
+
+    // Classes.
+    let index_based = matches!(spec.format, Format::Idx | Format::Segmentation);
+    let by_index = if index_based { spec.classes.clone().or(collected.source_classes.clone()) } else { None };
+    let map: HashMap<String, String> = spec.class_map.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect();
+    let strict = !spec.class_map.is_empty() || (spec.classes.is_some() && !index_based);
+    let mut list: Vec<String> = Vec::new();
+    if let (Some(c), false) = (&spec.classes, index_based) {
+        list = c.clone();
+    } else if !spec.class_map.is_empty() {
+        for (_, t) in &spec.class_map {
+            if !list.contains(t) {
+                list.push(t.clone());
+            }
+        }
+    }
+    let mut ignore: BTreeSet<String> = spec.ignore_classes.iter().map(|s| s.to_lowercase()).collect();
+    if spec.format == Format::Kitti && spec.ignore_classes.is_empty() {
+        ignore.insert("dontcare".into());
+    }
+    let mut classes = Classes { list, index: HashMap::new(), map, ignore, by_index, strict };
+    // Source names that occur, for the "mapped class never occurs" warning.
+    let mut seen_source: BTreeSet<String> = BTreeSet::new();
+    for it in &collected.items {
+        match &it.label {
+            ItemLabel::Class(c) => {
+                if let Ok(n) = index_name(&classes.by_index, c) {
+                    seen_source.insert(n.to_lowercase());
+                }
+            }
+            ItemLabel::Boxes(b) => seen_source.extend(b.iter().map(|(c, _, _)| c.to_lowercase())),
+            ItemLabel::Mask(_) => {}
+        }
+    }
+    if spec.format == Format::Segmentation {
+        if let Some(names) = &classes.by_index {
+            seen_source.extend(names.iter().map(|n| n.to_lowercase()));
+        }
+    }
+    for (src, dst) in &spec.class_map {
+        if !seen_source.contains(&src.to_lowercase()) && spec.format != Format::Segmentation {
+            warnings.push(format!(
+                "class_map maps `{src}` -> `{dst}`, but no sample has class `{src}` (classes seen: {})",
+                seen_source.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    if classes.list.is_empty() {
+        // Not given: the mapped names that occur, sorted (index order for index-based sources).
+        let mut names: Vec<String> = Vec::new();
+        if let (true, Some(by)) = (index_based, &classes.by_index) {
+            for n in by {
+                if let Mapped::To(t) = classes.map(n)
+                    && !names.contains(&t)
+                {
+                    names.push(t);
+                }
+            }
+        } else {
+            let set: BTreeSet<String> = collected
+                .items
+                .iter()
+                .flat_map(|it| match &it.label {
+                    ItemLabel::Class(c) => vec![c.clone()],
+                    ItemLabel::Boxes(b) => b.iter().map(|(c, _, _)| c.clone()).collect(),
+                    ItemLabel::Mask(_) => vec![],
+                })
+                .filter_map(|c| if let Mapped::To(t) = classes.map(&c) { Some(t) } else { None })
+                .collect();
+            names = set.into_iter().collect();
+        }
+        classes.list = names;
+    }
+    if classes.list.is_empty() {
+        return Err(DataError::Invalid("no classes: every label was ignored or unknown\n  = hint: check `classes`, `class_map` and `ignore_classes`".into()));
+    }
+    classes.index = classes.list.iter().enumerate().map(|(i, c)| (c.clone(), i as u32)).collect();
+
+    // Splits.
+    let mut bad: Vec<Bad> = std::mem::take(&mut collected.bad);
+    let assignments = assign_splits(spec, &collected.items, &classes, &mut warnings)?;
+    if spec.on_bad == OnBad::Error
+        && let Some(b) = bad.first()
+    {
+        return Err(bad_error(b));
+    }
+
+    // Process and write, split by split.
+    let mut manifest_splits = BTreeMap::new();
+    let mut stats = StatsAcc::default();
+    let mut filtered = 0;
+    for (split, mut members) in assignments {
+        members.sort();
+        Rng::for_purpose(spec.seed, &format!("order/{split}")).shuffle(&mut members);
+        let mut writer = ShardWriter::new(out, &split, spec.shard_max_bytes, spec.shard_max_samples);
+        let mut info = SplitInfo::default();
+        for chunk in members.chunks(256) {
+            if spec.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+                return Err(DataError::Invalid("interrupted".into()));
+            }
+            let results: Vec<Result<Option<Processed>, Bad>> = chunk.par_iter().map(|&i| process(&collected.items[i], spec, &classes)).collect();
+            for r in results {
+                match r {
+                    Ok(Some(p)) => {
+                        writer.write(&RawSample { key: p.key.clone(), members: p.members })?;
+                        info.count += 1;
+                        for c in p.classes {
+                            *info.per_class.entry(c).or_default() += 1;
+                        }
+                        for c in p.boxes {
+                            *info.boxes_per_class.entry(c).or_default() += 1;
+                        }
+                        stats.add(p.width, p.height, p.channels, p.encoding);
+                    }
+                    Ok(None) => filtered += 1,
+                    Err(b) => {
+                        if spec.on_bad == OnBad::Error {
+                            return Err(bad_error(&b));
+                        }
+                        bad.push(b);
+                    }
+                }
+            }
+        }
+        info.shards = writer.finish()?;
+        if info.count == 0 {
+            warnings.push(format!("split `{split}` is empty"));
+        }
+        manifest_splits.insert(split, info);
+    }
+    let total: usize = manifest_splits.values().map(|s| s.count).sum();
+    if total == 0 {
+        return Err(DataError::Invalid(format!(
+            "no usable samples in `{}` ({} bad, {filtered} filtered by size)\n  = hint: check the size filters and the messages above",
+            spec.source.display(),
+            bad.len()
+        )));
+    }
+    bad.sort_by(|a, b| a.origin.cmp(&b.origin));
+    let skipped = Skipped { count: bad.len(), examples: bad.iter().take(MAX_EXAMPLES).map(|b| format!("{}: {}", b.origin, b.message)).collect() };
+    if skipped.count > 0 {
+        notes.push(format!("skipped {} bad sample(s) (on_bad_sample = \"skip\"); first: {}", skipped.count, skipped.examples.join(" | ")));
+    }
+    if filtered > 0 {
+        notes.push(format!("{filtered} sample(s) left out by the size filters"));
+    }
+    notes.extend(warnings.iter().cloned());
+    let manifest = DatasetManifest {
+        version: 1,
+        task: spec.format.task().to_string(),
+        source_format: spec.format.name().to_string(),
+        classes: classes.list.clone(),
+        splits: manifest_splits,
+        image: stats.finish(),
+        skipped,
+        filtered,
+        warnings,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    bytes.push(b'\n');
+    std::fs::write(out.join("dataset.json"), bytes).map_err(|e| DataError::io("cannot write dataset.json", e))?;
+    Ok(ConvertReport { manifest, notes })
+}
+
+fn bad_error(b: &Bad) -> DataError {
+    DataError::Invalid(format!("{}: {}\n  = hint: fix the sample, or set on_bad_sample = \"skip\" to leave bad samples out (they are counted and listed)", b.origin, b.message))
+}
+
+/// Split name -> indices of items.
+fn assign_splits(spec: &ConvertSpec, items: &[Item], classes: &Classes, warnings: &mut Vec<String>) -> Result<BTreeMap<String, Vec<usize>>, DataError> {
+    let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut rest: Vec<usize> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        match &it.split {
+            Some(s) => out.entry(s.clone()).or_default().push(i),
+            None => rest.push(i),
+        }
+    }
+    if rest.is_empty() {
+        return Ok(out);
+    }
+    match &spec.split {
+        SplitSpec::Fraction { val, test } => {
+            // Stratify by (mapped) class; detection by the first box's class.
+            let mut strata: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for i in rest {
+                let s = match &items[i].label {
+                    ItemLabel::Class(c) => index_name(&classes.by_index, c).map(|n| match classes.map(&n) {
+                        Mapped::To(t) => t,
+                        _ => n,
+                    }),
+                    ItemLabel::Boxes(b) => Ok(b.first().map(|(c, _, _)| c.to_lowercase()).unwrap_or_default()),
+                    ItemLabel::Mask(_) => Ok(String::new()),
+                }
+                .unwrap_or_default();
+                strata.entry(s).or_default().push(i);
+            }
+            for (name, mut idx) in strata {
+                Rng::for_purpose(spec.seed, &format!("split/{name}")).shuffle(&mut idx);
+                let n = idx.len();
+                let nv = (n as f64 * val).round() as usize;
+                let nt = ((n as f64 * test).round() as usize).min(n - nv.min(n));
+                let nv = nv.min(n);
+                let (v, r) = idx.split_at(nv);
+                let (t, tr) = r.split_at(nt);
+                out.entry("train".into()).or_default().extend_from_slice(tr);
+                if *val > 0.0 {
+                    out.entry("val".into()).or_default().extend_from_slice(v);
+                }
+                if *test > 0.0 {
+                    out.entry("test".into()).or_default().extend_from_slice(t);
+                }
+            }
+        }
+        SplitSpec::Lists(lists) => {
+            let by_key: HashMap<&str, usize> = rest.iter().map(|&i| (items[i].key.as_str(), i)).collect();
+            let mut used = vec![false; items.len()];
+            for (split, file) in lists {
+                let text = std::fs::read_to_string(file).map_err(|e| DataError::io(format!("cannot read the `{split}` list `{}`", file.display()), e))?;
+                let mut missing = Vec::new();
+                for (ln, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let key = if Path::new(line).extension().is_some() { formats::key_of(Path::new(line)) } else { line.to_string() };
+                    match by_key.get(key.as_str()) {
+                        Some(&i) if used[i] => {
+                            return Err(DataError::Invalid(format!(
+                                "{}:{}: sample `{key}` is listed in more than one split\n  = hint: each sample belongs to one split",
+                                file.display(),
+                                ln + 1
+                            )));
+                        }
+                        Some(&i) => {
+                            used[i] = true;
+                            out.entry(split.clone()).or_default().push(i);
+                        }
+                        None => missing.push(format!("{}:{} `{line}`", file.display(), ln + 1)),
+                    }
+                }
+                if !missing.is_empty() {
+                    warnings.push(format!("{} listed sample(s) of split `{split}` were not found, e.g. {}", missing.len(), missing[..missing.len().min(3)].join(", ")));
+                }
+            }
+            let unlisted = rest.iter().filter(|&&i| !used[i]).count();
+            if unlisted > 0 {
+                warnings.push(format!("{unlisted} sample(s) are in no split list and were left out"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bad(it: &Item, message: impl Into<String>) -> Bad {
+    Bad { origin: it.origin.clone(), message: message.into() }
+}
+
+/// Read, decode, validate and encode one sample. `Ok(None)`: filtered out by size.
+fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Processed>, Bad> {
+    let (img, bytes, encoding): (DynamicImage, Option<Vec<u8>>, &'static str) = match &it.image {
+        ImageSource::File(p) => {
+            let bytes = std::fs::read(p).map_err(|e| bad(it, format!("cannot read image: {e}")))?;
+            let img = image_io::decode(&bytes).map_err(|m| bad(it, m))?;
+            match image_io::sniff(&bytes) {
+                Some(image::ImageFormat::Png) => (img, Some(bytes), "png"),
+                Some(image::ImageFormat::Jpeg) => (img, Some(bytes), "jpg"),
+                _ => (img, None, "png"),
+            }
+        }
+        ImageSource::Raw { data, offset, width, height } => {
+            let n = (*width * *height) as usize;
+            let px = data[*offset..*offset + n].to_vec();
+            let g = image::GrayImage::from_raw(*width, *height, px).ok_or_else(|| bad(it, "bad IDX image size"))?;
+            (DynamicImage::ImageLuma8(g), None, "png")
+        }
+    };
+    let (w, h) = (img.width(), img.height());
+    if w.min(h) < spec.min_size || w.max(h) > spec.max_size {
+        return Ok(None);
+    }
+    let image_bytes = match bytes {
+        Some(b) => b,
+        None => image_io::encode_png(&img).map_err(|m| bad(it, m))?,
+    };
+    let mut members = vec![(encoding.to_string(), image_bytes)];
+    let mut present = Vec::new();
+    let mut boxes_out = Vec::new();
+    match &it.label {
+        ItemLabel::Class(raw) => {
+            let name = index_name(&classes.by_index, raw).map_err(|m| bad(it, m))?;
+            let target = match classes.map(&name) {
+                Mapped::To(t) => t,
+                Mapped::Ignore => return Err(bad(it, format!("class `{name}` is in `ignore_classes`"))),
+                Mapped::Unknown => return Err(unknown_class(it, &name, classes)),
+            };
+            let id = *classes.index.get(&target).ok_or_else(|| bad(it, format!("class `{target}` is not in `classes`")))?;
+            members.push(("cls".into(), id.to_string().into_bytes()));
+            present.push(target);
+        }
+        ItemLabel::Boxes(raw) => {
+            let mut boxes = Vec::new();
+            for (name, b, origin) in raw {
+                let target = match classes.map(name) {
+                    Mapped::To(t) => t,
+                    Mapped::Ignore => continue,
+                    Mapped::Unknown => {
+                        let mut e = unknown_class(it, name, classes);
+                        e.origin = origin.clone();
+                        return Err(e);
+                    }
+                };
+                let Some(&id) = classes.index.get(&target) else {
+                    return Err(Bad { origin: origin.clone(), message: format!("class `{target}` is not in `classes`") });
+                };
+                let bl = formats::check_box(&target, id, *b, w, h).map_err(|m| Bad { origin: origin.clone(), message: m })?;
+                boxes_out.push(target.clone());
+                if !present.contains(&target) {
+                    present.push(target);
+                }
+                boxes.push(bl);
+            }
+            let t = DetectionTarget { width: w, height: h, boxes };
+            members.push(("json".into(), serde_json::to_vec(&t).expect("target serialises")));
+        }
+        ItemLabel::Mask(p) => {
+            let (mw, mh, idx) = formats::read_mask(p).map_err(|m| Bad { origin: p.display().to_string(), message: m })?;
+            if (mw, mh) != (w, h) {
+                return Err(Bad { origin: p.display().to_string(), message: format!("mask is {mw}x{mh} but its image `{}` is {w}x{h}", it.origin) });
+            }
+            let n = classes.list.len();
+            let mut seen = vec![false; 256];
+            for v in &idx {
+                seen[*v as usize] = true;
+            }
+            for (v, s) in seen.iter().enumerate() {
+                if *s && v != 255 && v >= n {
+                    return Err(Bad {
+                        origin: p.display().to_string(),
+                        message: format!("mask has class index {v} but there are {n} classes (255 means `ignore`); list the class names in `classes`"),
+                    });
+                }
+                if *s && v < n {
+                    present.push(classes.list[v].clone());
+                }
+            }
+            let g = image::GrayImage::from_raw(mw, mh, idx).ok_or_else(|| bad(it, "bad mask size"))?;
+            members.push(("mask.png".into(), image_io::encode_png(&DynamicImage::ImageLuma8(g)).map_err(|m| bad(it, m))?));
+        }
+    }
+    Ok(Some(Processed { key: it.key.clone(), members, width: w, height: h, channels: image_io::channels(&img), encoding, classes: present, boxes: boxes_out }))
+}
+
+fn unknown_class(it: &Item, name: &str, classes: &Classes) -> Bad {
+    let hint = match crate::diag::did_you_mean(name, classes.list.iter().map(String::as_str)) {
+        Some(s) => format!(" (did you mean `{s}`? names are matched case-insensitively)"),
+        None => format!(" (known: {})", classes.list.join(", ")),
+    };
+    bad(it, format!("unknown class `{name}`{hint}; add it to `class_map` or `classes`, or to `ignore_classes` to drop its labels"))
+}
+
+#[derive(Default)]
+struct StatsAcc {
+    n: usize,
+    w: (u32, u32, u64),
+    h: (u32, u32, u64),
+    channels: BTreeMap<String, usize>,
+    encodings: BTreeMap<String, usize>,
+}
+
+impl StatsAcc {
+    fn add(&mut self, w: u32, h: u32, c: u8, enc: &str) {
+        if self.n == 0 {
+            self.w = (w, w, 0);
+            self.h = (h, h, 0);
+        }
+        self.n += 1;
+        self.w = (self.w.0.min(w), self.w.1.max(w), self.w.2 + w as u64);
+        self.h = (self.h.0.min(h), self.h.1.max(h), self.h.2 + h as u64);
+        *self.channels.entry(c.to_string()).or_default() += 1;
+        *self.encodings.entry(enc.to_string()).or_default() += 1;
+    }
+    fn finish(self) -> ImageStats {
+        let n = self.n.max(1) as f64;
+        let mmm = |(a, b, s): (u32, u32, u64)| MinMaxMean { min: a, max: b, mean: ((s as f64 / n) * 100.0).round() / 100.0 };
+        ImageStats { width: mmm(self.w), height: mmm(self.h), channels: self.channels, encodings: self.encodings }
+    }
+}

@@ -1,0 +1,298 @@
+//! The loader every training and evaluation stage reads with: streams the shards of a
+//! split, shuffles with the seed (shard order + a shuffle buffer), decodes and resizes on
+//! several threads (rayon), normalises to the model's input spec, batches, and prefetches
+//! on a background thread. Tiny datasets can be held in memory, decoded once.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use fast_image_resize as fr;
+use rayon::prelude::*;
+
+use super::image_io::{self, InputSpec};
+use super::rng::Rng;
+use super::shards::{RawSample, ShardReader};
+use super::{DataError, DatasetManifest, DetectionTarget};
+
+/// A converted dataset artifact (a folder with `dataset.json` and shards).
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub manifest: DatasetManifest,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    /// Epoch number: each epoch shuffles differently, deterministically.
+    pub epoch: u64,
+    /// Samples held for shuffling while streaming.
+    pub shuffle_buffer: usize,
+    /// Batches decoded ahead of the consumer.
+    pub prefetch: usize,
+    pub drop_last: bool,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions { batch_size: 32, shuffle: true, seed: 0, epoch: 0, shuffle_buffer: 2048, prefetch: 4, drop_last: false }
+    }
+}
+
+/// One batch, images normalised to the input spec, NCHW.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub len: usize,
+    pub images: Vec<f32>,
+    /// Class index (classification); 0 otherwise.
+    pub labels: Vec<u32>,
+    pub keys: Vec<String>,
+    /// Boxes in the original image's pixels (detection).
+    pub targets: Vec<Option<DetectionTarget>>,
+    /// Class-index masks resized (nearest) to the input size (segmentation).
+    pub masks: Vec<Option<Vec<u8>>>,
+}
+
+impl Dataset {
+    pub fn open(root: &Path) -> Result<Dataset, DataError> {
+        let p = root.join("dataset.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| DataError::io(format!("cannot read `{}` (is this a dataset made by `convert`?)", p.display()), e))?;
+        let manifest: DatasetManifest = serde_json::from_str(&text).map_err(|e| DataError::Invalid(format!("`{}` is not a valid dataset manifest: {e}", p.display())))?;
+        for s in manifest.splits.values() {
+            for sh in &s.shards {
+                if !root.join(sh).is_file() {
+                    return Err(DataError::Invalid(format!("shard `{}` listed in `{}` is missing", root.join(sh).display(), p.display())));
+                }
+            }
+        }
+        Ok(Dataset { root: root.to_path_buf(), manifest })
+    }
+
+    fn shards(&self, split: &str) -> Result<Vec<PathBuf>, DataError> {
+        let s = self.manifest.splits.get(split).ok_or_else(|| {
+            DataError::Invalid(format!(
+                "the dataset has no split `{split}` (it has: {})",
+                self.manifest.splits.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        Ok(s.shards.iter().map(|x| self.root.join(x)).collect())
+    }
+
+    pub fn len(&self, split: &str) -> usize {
+        self.manifest.splits.get(split).map(|s| s.count).unwrap_or(0)
+    }
+
+    /// Stream a split in batches.
+    pub fn stream(&self, split: &str, spec: &InputSpec, opts: &LoaderOptions) -> Result<Loader, DataError> {
+        spec.validate().map_err(DataError::Invalid)?;
+        let mut shards = self.shards(split)?;
+        if opts.shuffle {
+            Rng::for_purpose(opts.seed ^ opts.epoch.wrapping_mul(0x9E37_79B9), "loader/shards").shuffle(&mut shards);
+        }
+        let (tx, rx) = sync_channel(opts.prefetch.max(1));
+        let spec = spec.clone();
+        let opts = opts.clone();
+        let handle = std::thread::Builder::new()
+            .name("taoflow-loader".into())
+            .spawn(move || {
+                let mut rng = Rng::for_purpose(opts.seed ^ opts.epoch.wrapping_mul(0x9E37_79B9), "loader/buffer");
+                let mut buffer: Vec<RawSample> = Vec::new();
+                let mut pending: Vec<RawSample> = Vec::with_capacity(opts.batch_size);
+                let cap = if opts.shuffle { opts.shuffle_buffer.max(1) } else { 1 };
+                let emit = |pending: &mut Vec<RawSample>| -> bool {
+                    let batch = decode_batch(std::mem::take(pending), &spec);
+                    tx.send(batch).is_ok()
+                };
+                for shard in shards {
+                    let mut reader = match ShardReader::open(&shard) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let r = reader.for_each(|s| {
+                        buffer.push(s);
+                        if buffer.len() >= cap {
+                            let j = if opts.shuffle { rng.below(buffer.len() as u64) as usize } else { 0 };
+                            pending.push(buffer.swap_remove(j));
+                            if pending.len() == opts.batch_size && !emit(&mut pending) {
+                                return Err(DataError::Invalid("consumer gone".into()));
+                            }
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = r {
+                        if !matches!(&e, DataError::Invalid(m) if m == "consumer gone") {
+                            let _ = tx.send(Err(e));
+                        }
+                        return;
+                    }
+                }
+                if opts.shuffle {
+                    rng.shuffle(&mut buffer);
+                }
+                for s in buffer.drain(..) {
+                    pending.push(s);
+                    if pending.len() == opts.batch_size && !emit(&mut pending) {
+                        return;
+                    }
+                }
+                if !pending.is_empty() && !opts.drop_last {
+                    emit(&mut pending);
+                }
+            })
+            .map_err(|e| DataError::io("cannot start the loader thread", e))?;
+        Ok(Loader { rx, handle: Some(handle) })
+    }
+
+    /// Load a split into memory (for tiny datasets): decoded and resized once, shuffled
+    /// per epoch.
+    pub fn in_memory(&self, split: &str, spec: &InputSpec) -> Result<MemoryLoader, DataError> {
+        spec.validate().map_err(DataError::Invalid)?;
+        let mut samples = Vec::new();
+        for sh in self.shards(split)? {
+            ShardReader::open(&sh)?.for_each(|s| {
+                samples.push(s);
+                Ok(())
+            })?;
+        }
+        let decoded = (0..samples.len()).map(|_| OnceLock::new()).collect();
+        Ok(MemoryLoader { samples: Arc::new(samples), decoded: Arc::new(decoded), spec: spec.clone() })
+    }
+}
+
+/// Batches from a background thread; iterate to consume.
+pub struct Loader {
+    rx: Receiver<Result<Batch, DataError>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, DataError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.rx.recv() {
+            Ok(b) => Some(b),
+            Err(_) => {
+                if let Some(h) = self.handle.take() {
+                    let _ = h.join();
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A decoded sample: resized pixels (interleaved u8) and its labels.
+#[derive(Debug, Clone)]
+struct Decoded {
+    pixels: Vec<u8>,
+    label: u32,
+    target: Option<DetectionTarget>,
+    mask: Option<Vec<u8>>,
+}
+
+fn decode_one(s: &RawSample, spec: &InputSpec) -> Result<Decoded, DataError> {
+    let bad = |m: String| DataError::Invalid(format!("sample `{}`: {m}", s.key));
+    let img_bytes = s.member("png").or_else(|| s.member("jpg")).ok_or_else(|| bad("has no .png or .jpg member".into()))?;
+    let img = image_io::decode(img_bytes).map_err(bad)?;
+    let mut resizer = fr::Resizer::new();
+    let pixels = image_io::resize_u8(&img, spec, &mut resizer).map_err(bad)?;
+    let label = match s.member("cls") {
+        Some(b) => std::str::from_utf8(b).ok().and_then(|t| t.trim().parse().ok()).ok_or_else(|| bad("bad .cls member".into()))?,
+        None => 0,
+    };
+    let target = match s.member("json") {
+        Some(b) => Some(serde_json::from_slice(b).map_err(|e| bad(format!("bad .json member: {e}")))?),
+        None => None,
+    };
+    let mask = match s.member("mask.png") {
+        Some(b) => {
+            let m = image_io::decode(b).map_err(bad)?.to_luma8();
+            let (mw, mh) = m.dimensions();
+            let mut out = vec![0u8; (spec.width * spec.height) as usize];
+            for y in 0..spec.height {
+                for x in 0..spec.width {
+                    let sx = ((x as u64 * mw as u64) / spec.width as u64) as u32;
+                    let sy = ((y as u64 * mh as u64) / spec.height as u64) as u32;
+                    out[(y * spec.width + x) as usize] = m.get_pixel(sx, sy).0[0];
+                }
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    Ok(Decoded { pixels, label, target, mask })
+}
+
+fn assemble(items: Vec<(String, Decoded)>, spec: &InputSpec) -> Batch {
+    let n = items.len();
+    let per = spec.len();
+    let mut images = vec![0f32; n * per];
+    images.par_chunks_mut(per).zip(items.par_iter()).for_each(|(dst, (_, d))| image_io::normalize_into(&d.pixels, spec, dst));
+    let mut b = Batch { len: n, images, labels: Vec::with_capacity(n), keys: Vec::with_capacity(n), targets: Vec::with_capacity(n), masks: Vec::with_capacity(n) };
+    for (k, d) in items {
+        b.keys.push(k);
+        b.labels.push(d.label);
+        b.targets.push(d.target);
+        b.masks.push(d.mask);
+    }
+    b
+}
+
+fn decode_batch(samples: Vec<RawSample>, spec: &InputSpec) -> Result<Batch, DataError> {
+    let decoded: Vec<(String, Decoded)> = samples.par_iter().map(|s| decode_one(s, spec).map(|d| (s.key.clone(), d))).collect::<Result<_, _>>()?;
+    Ok(assemble(decoded, spec))
+}
+
+/// A split held in memory; each sample is decoded and resized once, on first use.
+#[derive(Clone)]
+pub struct MemoryLoader {
+    samples: Arc<Vec<RawSample>>,
+    decoded: Arc<Vec<OnceLock<Decoded>>>,
+    spec: InputSpec,
+}
+
+impl MemoryLoader {
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The batches of one epoch.
+    pub fn epoch(&self, opts: &LoaderOptions) -> Result<Vec<Batch>, DataError> {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        if opts.shuffle {
+            Rng::for_purpose(opts.seed ^ opts.epoch.wrapping_mul(0x9E37_79B9), "loader/memory").shuffle(&mut order);
+        }
+        let mut out = Vec::new();
+        for chunk in order.chunks(opts.batch_size.max(1)) {
+            if opts.drop_last && chunk.len() < opts.batch_size {
+                break;
+            }
+            let items: Vec<(String, Decoded)> = chunk
+                .par_iter()
+                .map(|&i| {
+                    let d = match self.decoded[i].get() {
+                        Some(d) => d.clone(),
+                        None => {
+                            let d = decode_one(&self.samples[i], &self.spec)?;
+                            let _ = self.decoded[i].set(d.clone());
+                            d
+                        }
+                    };
+                    Ok((self.samples[i].key.clone(), d))
+                })
+                .collect::<Result<_, DataError>>()?;
+            out.push(assemble(items, &self.spec));
+        }
+        Ok(out)
+    }
+}
