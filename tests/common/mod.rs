@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that drive the real binary.
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
