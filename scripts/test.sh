@@ -4,15 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Python packages used by tests and reference checks go here (pinned), e.g.
-#   python3 -m pip install -q --disable-pip-version-check 'webdataset==1.0.2'
-# The engine's tests need none: only a POSIX shell, awk and cargo.
+# Python packages the tests check our output with (pinned): Python's webdataset must read
+# our shards. TAOFLOW_REQUIRE_PYTHON makes their absence a test failure, not a skip.
 command -v awk >/dev/null || { apt-get update -qq && apt-get install -y -qq mawk; }
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0'
+export TAOFLOW_REQUIRE_PYTHON=1
 
 export CARGO_TERM_COLOR=never
 # Insta must never write snapshots in CI: a missing or changed snapshot fails the test.
 export INSTA_UPDATE=no
-cargo test --locked --all-targets 2>&1
+cargo test --locked 2>&1
+cargo check --locked --benches --quiet
 # The README's first command must work too.
 cargo run --locked --quiet --bin taoflow -- run pipelines/quickstart.toml
 cargo run --locked --quiet --bin taoflow -- run pipelines/quickstart.toml --json | grep -q '"status":"cached"'
