@@ -355,3 +355,37 @@ print(json.dumps(out, sort_keys=True))
         }
     }
 }
+
+/// Every format: two conversions in separate workspaces and stores give the same digest.
+#[test]
+fn every_format_is_deterministic() {
+    let setups: Vec<(&str, fn(&Project), &str)> = vec![
+        ("image_folder", |p| fixtures::image_folder(&p.path("src")), "format = \"image_folder\"\nsource = \"src\""),
+        ("idx", |p| fixtures::idx(&p.path("src"), "train", 30, 6, 6, 3, true), "format = \"idx\"\nsource = \"src\""),
+        (
+            "kitti",
+            |p| {
+                let l = fixtures::kitti_line;
+                let a = l("Car", [1.0, 1.0, 9.0, 9.0]);
+                let b = l("Pedestrian", [2.0, 2.0, 7.0, 20.0]);
+                fixtures::kitti(&p.path("src"), &[a.as_str(), b.as_str(), a.as_str()], 32, 24);
+            },
+            "format = \"kitti\"\nsource = \"src\"",
+        ),
+        ("segmentation", |p| fixtures::segmentation(&p.path("src"), 4), "format = \"segmentation\"\nsource = \"src\""),
+        ("coco", |p| fixtures::coco(&p.path("src")), "format = \"coco\"\nsource = \"src\"\nimages_dir = \"images\""),
+    ];
+    for (name, setup, stage) in setups {
+        let digests: Vec<String> = (0..2)
+            .map(|_| {
+                let p = Project::new();
+                setup(&p);
+                p.write("p.toml", &format!("[pipeline]\nname = \"t\"\nseed = 3\n[stages.convert]\nkind = \"convert\"\n{stage}\n"));
+                run_ok(&p);
+                let l: serde_json::Value = serde_json::from_str(&p.read("p.lock")).unwrap();
+                l["stages"]["convert"]["outs"]["dataset"]["digest"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(digests[0], digests[1], "{name}");
+    }
+}
