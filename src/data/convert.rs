@@ -134,6 +134,20 @@ pub fn convert(spec: &ConvertSpec, out: &Path) -> Result<ConvertReport, DataErro
 
     // Classes.
     let index_based = matches!(spec.format, Format::Idx | Format::Segmentation);
+    if spec.format == Format::Segmentation && spec.classes.is_none() {
+        // No names given: one class per index that occurs in any mask (255 = ignore).
+        let max = collected
+            .items
+            .par_iter()
+            .filter_map(|it| match &it.label {
+                ItemLabel::Mask(p) => formats::read_mask(p).ok().and_then(|(_, _, idx)| idx.into_iter().filter(|v| *v != 255).max()),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        collected.source_classes = Some((0..=max).map(|i| format!("class_{i}")).collect());
+        warnings.push(format!("no `classes` given: the masks' indices 0..={max} are named class_0 … class_{max}"));
+    }
     let by_index = if index_based { spec.classes.clone().or(collected.source_classes.clone()) } else { None };
     let map: HashMap<String, String> = spec.class_map.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect();
     let strict = !spec.class_map.is_empty() || (spec.classes.is_some() && !index_based);
