@@ -53,6 +53,15 @@ fn load(p: &PipelineArg) -> Result<(Arc<Pipeline>, Arc<Graph>), i32> {
     Ok((Arc::new(pipeline), Arc::new(g)))
 }
 
+type Loaded = (Arc<Pipeline>, Arc<Graph>, Arc<Store>);
+
+/// Load a pipeline, its graph and its store.
+fn load_all(cli: &Cli, p: &PipelineArg) -> Result<Loaded, i32> {
+    let (pipeline, g) = load(p)?;
+    let store = open_store(cli, &pipeline)?;
+    Ok((pipeline, g, store))
+}
+
 fn open_store(cli: &Cli, p: &Pipeline) -> Result<Arc<Store>, i32> {
     let root = store_root(cli.store.as_deref(), &p.dir);
     Store::open(&root).map(Arc::new).map_err(|e| {
@@ -109,7 +118,7 @@ pub async fn main(cli: Cli) -> i32 {
     match &cli.command {
         Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json } => {
             let t0 = Instant::now();
-            let (pipeline, g) = match load(p) {
+            let (pipeline, g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
@@ -121,10 +130,6 @@ pub async fn main(cli: Cli) -> i32 {
                     return EXIT_INVALID;
                 }
             }
-            let store = match open_store(&cli, &pipeline) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
             let opts = RunOptions {
                 dry_run: *dry_run,
                 force_all,
@@ -143,12 +148,8 @@ pub async fn main(cli: Cli) -> i32 {
             exit_code(&s)
         }
         Command::Status { p, json } => {
-            let (pipeline, g) = match load(p) {
+            let (pipeline, g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
-                Err(c) => return c,
-            };
-            let store = match open_store(&cli, &pipeline) {
-                Ok(s) => s,
                 Err(c) => return c,
             };
             let opts = RunOptions { dry_run: true, jobs: 4, ..Default::default() };
@@ -192,12 +193,8 @@ pub async fn main(cli: Cli) -> i32 {
             EXIT_OK
         }
         Command::Show { p, json } => {
-            let (pipeline, _g) = match load(p) {
+            let (pipeline, _g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
-                Err(c) => return c,
-            };
-            let store = match open_store(&cli, &pipeline) {
-                Ok(s) => s,
                 Err(c) => return c,
             };
             show(&pipeline, &store, *json)

@@ -51,6 +51,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Copy `src` to `dst`, returning the blake3 (hex) of what was copied.
+fn copy_hashing(src: &mut File, dst: &mut impl Write, src_name: &Path, dst_name: &Path) -> Result<String, StoreError> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = io(src.read(&mut buf), || format!("cannot read `{}`", src_name.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        io(dst.write_all(&buf[..n]), || format!("cannot write `{}`", dst_name.display()))?;
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// One output of a stage as recorded in a manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputRecord {
@@ -146,17 +161,7 @@ impl Store {
     pub fn put_file(&self, src: &Path) -> Result<String, StoreError> {
         let mut f = io(File::open(src), || format!("cannot read `{}`", src.display()))?;
         let mut tmp = io(tempfile::Builder::new().prefix("obj-").tempfile_in(self.tmp_dir()), || "cannot create a temp file in the store".into())?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = io(f.read(&mut buf), || format!("cannot read `{}`", src.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            io(tmp.write_all(&buf[..n]), || "cannot write to the store".into())?;
-        }
-        let hash = h.finalize().to_hex().to_string();
+        let hash = copy_hashing(&mut f, &mut tmp, src, &self.tmp_dir())?;
         self.commit_tmp(tmp, &hash)?;
         Ok(hash)
     }
@@ -239,17 +244,7 @@ impl Store {
         let dir = dest.parent().unwrap_or(Path::new("."));
         io(fs::create_dir_all(dir), || format!("cannot create `{}`", dir.display()))?;
         let mut tmp = io(tempfile::Builder::new().prefix(".taoflow-").tempfile_in(dir), || format!("cannot write in `{}`", dir.display()))?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = io(f.read(&mut buf), || format!("cannot read `{}`", src.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            io(tmp.write_all(&buf[..n]), || format!("cannot write `{}`", dest.display()))?;
-        }
-        let actual = h.finalize().to_hex().to_string();
+        let actual = copy_hashing(&mut f, &mut tmp, &src, dest)?;
         if actual != hash {
             let _ = fs::remove_file(&src);
             return Err(StoreError::Corrupt { hash: hash.to_string(), actual });

@@ -179,11 +179,10 @@ pub fn convert(spec: &ConvertSpec, out: &Path) -> Result<ConvertReport, DataErro
             ItemLabel::Mask(_) => {}
         }
     }
-    if spec.format == Format::Segmentation {
-        if let Some(names) = &classes.by_index {
+    if spec.format == Format::Segmentation
+        && let Some(names) = &classes.by_index {
             seen_source.extend(names.iter().map(|n| n.to_lowercase()));
         }
-    }
     for (src, dst) in &spec.class_map {
         if !seen_source.contains(&src.to_lowercase()) && spec.format != Format::Segmentation {
             warnings.push(format!(

@@ -121,11 +121,10 @@ fn is_image_name(p: &Path) -> bool {
 /// A WebDataset key from a relative path: no extension, no dots, `/`-separated.
 pub fn key_of(rel: &Path) -> String {
     let mut parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().to_string()).collect();
-    if let Some(last) = parts.last_mut() {
-        if let Some(i) = last.rfind('.') {
+    if let Some(last) = parts.last_mut()
+        && let Some(i) = last.rfind('.') {
             last.truncate(i);
         }
-    }
     parts
         .iter()
         .map(|p| p.chars().map(|c| if c == '.' || c.is_whitespace() { '_' } else { c }).collect::<String>())

@@ -71,7 +71,7 @@ fn draw(img: &mut RgbImage, k: usize, b: [u32; 4], rng: &mut Rng) {
                 }
             };
             if inside {
-                let dark = k % 3 == 0 && y > y1 + (y2 - y1) / 4 && y < y1 + (y2 - y1) / 2;
+                let dark = k.is_multiple_of(3) && y > y1 + (y2 - y1) / 4 && y < y1 + (y2 - y1) / 2;
                 let c = if dark { Rgb(col.0.map(|v| v / 2)) } else { col };
                 img.put_pixel(x, y, c);
             }
