@@ -139,6 +139,17 @@ pub enum Command {
         #[command(subcommand)]
         what: SynthCommand,
     },
+    /// Draw the labels (boxes, masks) of a few samples of a dataset artifact into PNGs.
+    Preview {
+        /// A dataset folder (e.g. outputs/PIPELINE/STAGE/dataset).
+        dataset: PathBuf,
+        /// Where to write the PNGs.
+        out: PathBuf,
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+    },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {
         #[arg(required = true)]

@@ -249,6 +249,18 @@ pub async fn main(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Preview { dataset, out, split, count } => match crate::data::preview::preview(dataset, split, *count, out) {
+            Ok(files) => {
+                for f in &files {
+                    println!("{}", out.join(f).display());
+                }
+                EXIT_OK
+            }
+            Err(e) => {
+                eprint_error(&e.to_string());
+                EXIT_STAGE_FAILED
+            }
+        },
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();

@@ -98,7 +98,7 @@ pub fn build(p: &Pipeline) -> Result<Graph, Diags> {
                 continue;
             }
             labels.push(&d.label);
-            match resolve(p, &outs, &d.raw) {
+            match resolve(p, &outs, &d.raw, i) {
                 Ok(source) => {
                     let self_dep = match &source {
                         InputSource::Artifact { stage, .. } => *stage == i,
@@ -155,13 +155,14 @@ pub fn build(p: &Pipeline) -> Result<Graph, Diags> {
 
 type ResolveErr = (String, String, String);
 
-fn resolve(p: &Pipeline, outs: &[(usize, &crate::stages::OutputDecl)], raw: &str) -> Result<InputSource, ResolveErr> {
+fn resolve(p: &Pipeline, outs: &[(usize, &crate::stages::OutputDecl)], raw: &str, me: usize) -> Result<InputSource, ResolveErr> {
     let stage_names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
     if raw.trim().is_empty() {
         return Err(("empty input".into(), "empty".into(), "write a path or a reference such as `train.model`".into()));
     }
-    // `stage`: its single output.
-    if let Some(si) = p.stage_index(raw) {
+    // `stage`: its single output. A stage's own name is never a reference to itself: it
+    // is a path (`source = "seg"` in a stage named `seg`).
+    if let Some(si) = p.stage_index(raw).filter(|si| *si != me) {
         let s = &p.stages[si];
         return match s.def.outputs.as_slice() {
             [one] => Ok(InputSource::Artifact { stage: si, output: one.name.clone(), sub: None }),

@@ -1,10 +1,12 @@
 //! Datasets: source formats in (image folders, IDX, KITTI, segmentation masks, COCO),
 //! WebDataset-style tar shards out, and the loader that streams them into batches.
 
+pub mod augment;
 pub mod convert;
 pub mod formats;
 pub mod image_io;
 pub mod loader;
+pub mod preview;
 pub mod rng;
 pub mod shards;
 pub mod synth;

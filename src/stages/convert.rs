@@ -296,16 +296,12 @@ impl StageKind for Convert {
                 flag.store(true, Ordering::SeqCst);
             });
             let res = tokio::task::spawn_blocking(move || -> Result<Vec<String>, StageError> {
-                let parent = out.parent().unwrap_or(std::path::Path::new("."));
-                std::fs::create_dir_all(parent).map_err(|e| StageError::Failed(format!("cannot create `{}`: {e}", parent.display())))?;
-                let tmp = tempfile::Builder::new().prefix(".taoflow-").tempdir_in(parent).map_err(|e| StageError::Failed(format!("cannot write in `{}`: {e}", parent.display())))?;
-                let report = convert(&spec, tmp.path()).map_err(|e| match e {
-                    crate::data::DataError::Invalid(m) if m == "interrupted" => StageError::Interrupted,
-                    other => StageError::Failed(other.to_string()),
+                let report = crate::stages::write_dir_atomically(&out, |tmp| {
+                    convert(&spec, tmp).map_err(|e| match e {
+                        crate::data::DataError::Invalid(m) if m == "interrupted" => StageError::Interrupted,
+                        other => StageError::Failed(other.to_string()),
+                    })
                 })?;
-                crate::stages::exec::remove_path(&out).map_err(|e| StageError::Failed(format!("cannot replace `{}`: {e}", out.display())))?;
-                let kept = tmp.keep();
-                std::fs::rename(&kept, &out).map_err(|e| StageError::Failed(format!("cannot move the dataset to `{}`: {e}", out.display())))?;
                 let m = &report.manifest;
                 let mut summary = format!("{} dataset, {} classes:", m.task, m.classes.len());
                 for (name, s) in &m.splits {

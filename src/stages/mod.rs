@@ -17,6 +17,7 @@ use crate::config::Fields;
 use crate::diag::Span;
 use crate::value::PVal;
 
+pub mod augment;
 pub mod convert;
 pub mod exec;
 
@@ -115,15 +116,28 @@ impl fmt::Display for StageError {
 
 static EXEC: exec::Exec = exec::Exec;
 static CONVERT: convert::Convert = convert::Convert;
+static AUGMENT: augment::Augment = augment::Augment;
 
 /// Every kind this build offers.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    static KINDS: [&dyn StageKind; 2] = [&EXEC, &CONVERT];
+    static KINDS: [&dyn StageKind; 3] = [&EXEC, &CONVERT, &AUGMENT];
     &KINDS
 }
 
+/// Build a folder beside `out` with `fill`, then swap it in: `out` is never half-written.
+pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::path::Path) -> Result<T, StageError>) -> Result<T, StageError> {
+    let parent = out.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| StageError::Failed(format!("cannot create `{}`: {e}", parent.display())))?;
+    let tmp = tempfile::Builder::new().prefix(".taoflow-").tempdir_in(parent).map_err(|e| StageError::Failed(format!("cannot write in `{}`: {e}", parent.display())))?;
+    let r = fill(tmp.path())?;
+    exec::remove_path(out).map_err(|e| StageError::Failed(format!("cannot replace `{}`: {e}", out.display())))?;
+    let kept = tmp.keep();
+    std::fs::rename(&kept, out).map_err(|e| StageError::Failed(format!("cannot move the result to `{}`: {e}", out.display())))?;
+    Ok(r)
+}
+
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &["augment", "train", "evaluate", "prune", "retrain", "quantize", "export"];
+pub const PLANNED: &[&str] = &[ "train", "evaluate", "prune", "retrain", "quantize", "export"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)
