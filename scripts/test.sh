@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 command -v awk >/dev/null || { apt-get update -qq && apt-get install -y -qq mawk; }
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0'
 export TAOFLOW_REQUIRE_PYTHON=1
+# NVIDIA's NVRTC wheel lets CI compile our CUDA kernels without a GPU or a CUDA toolkit
+# (13.0.x: PTX from a newer NVRTC may be refused by the GPU machine's 13.0 driver).
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'nvidia-cuda-nvrtc==13.0.88'
+NVRTC_LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
+export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TAOFLOW_REQUIRE_NVRTC=1
 
 export CARGO_TERM_COLOR=never
 # Insta must never write snapshots in CI: a missing or changed snapshot fails the test.

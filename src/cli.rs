@@ -150,6 +150,24 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         count: usize,
     },
+    /// Benchmark and check the augment kernel: CPU reference vs the GPU kernel on one random
+    /// batch (parity: bytes that differ, by how much; timings). Prints JSON.
+    BenchAugment {
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 1248)]
+        width: u32,
+        #[arg(long, default_value_t = 384)]
+        height: u32,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// GPU ordinal; the GPU part is left out when no CUDA driver is present.
+        #[arg(long, default_value_t = 0)]
+        gpu: usize,
+        /// Skip the CPU reference (timing only).
+        #[arg(long)]
+        no_cpu: bool,
+    },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {
         #[arg(required = true)]

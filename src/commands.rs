@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+
 use tokio::sync::watch;
 
 use crate::cli::{Cli, Command, PipelineArg};
@@ -261,6 +263,7 @@ pub async fn main(cli: Cli) -> i32 {
                 EXIT_STAGE_FAILED
             }
         },
+        Command::BenchAugment { batch, width, height, iters, gpu, no_cpu } => bench_augment(*batch, *width, *height, *iters, *gpu, *no_cpu),
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();
@@ -613,4 +616,114 @@ fn relevant(path: &Path, watched: &[PathBuf], ignore: &[PathBuf]) -> bool {
 /// Used by tests: stage statuses of a run summary by name.
 pub fn statuses(s: &RunSummary) -> BTreeMap<String, Status> {
     s.reports.iter().map(|r| (r.stage.clone(), r.status)).collect()
+}
+
+/// `taoflow bench-augment`: the CPU reference and the GPU kernel on one random batch.
+fn bench_augment(batch: usize, width: u32, height: u32, iters: usize, gpu: usize, no_cpu: bool) -> i32 {
+    use crate::data::augment::{AugmentSpec, Param};
+    use crate::data::rng::Rng;
+    let spec = AugmentSpec {
+        rotation: Param::Range(-10f64.to_radians(), 10f64.to_radians()),
+        shear_x: Param::Range(-0.1, 0.1),
+        shear_y: Param::Range(-0.05, 0.05),
+        translate_x: Param::Range(-20.0, 20.0),
+        translate_y: Param::Range(-10.0, 10.0),
+        flip_horizontal: 0.5,
+        zoom: Param::Range(0.9, 1.1),
+        hue: Param::Range(-20.0, 20.0),
+        saturation: Param::Range(0.7, 1.3),
+        contrast: Param::Range(0.8, 1.2),
+        brightness: Param::Range(-20.0, 20.0),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let images: Vec<image::RgbImage> = (0..batch)
+        .into_par_iter()
+        .map(|i| {
+            let mut r = Rng::for_purpose(i as u64, "bench-augment");
+            let base = [r.below(200) as u8, r.below(200) as u8, r.below(200) as u8];
+            image::RgbImage::from_fn(width, height, |x, y| {
+                let v = ((x / 8 + y / 8) % 2) as u8 * 40;
+                image::Rgb([base[0].wrapping_add(v).wrapping_add((x % 7) as u8 * 3), base[1].wrapping_add((y % 5) as u8 * 9), base[2].wrapping_add(v / 2)])
+            })
+        })
+        .collect();
+    let jobs: Vec<(&image::RgbImage, crate::data::augment::Draw, (u32, u32))> =
+        images.iter().enumerate().map(|(i, img)| (img, spec.draw(7, &format!("{i}"), 0), (width, height))).collect();
+    let mut out = serde_json::json!({"batch": batch, "width": width, "height": height, "bytes_per_batch": batch as u64 * width as u64 * height as u64 * 3, "make_batch_s": t.elapsed().as_secs_f64(), "cpu_threads": rayon::current_num_threads()});
+    let cpu = if no_cpu {
+        None
+    } else {
+        let t = Instant::now();
+        let r = crate::data::augment::cpu_warper(&jobs).unwrap_or_default();
+        out["cpu_ms_per_batch"] = serde_json::json!(t.elapsed().as_secs_f64() * 1e3);
+        Some(r)
+    };
+    if !crate::cuda::driver_present() {
+        out["gpu"] = serde_json::json!("no CUDA driver on this machine");
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return EXIT_OK;
+    }
+    let t = Instant::now();
+    let k = match crate::cuda::AugmentKernel::new(gpu, None) {
+        Ok(k) => k,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_STAGE_FAILED;
+        }
+    };
+    out["gpu_device"] = serde_json::json!(k.device_name);
+    out["gpu_init_and_compile_ms"] = serde_json::json!(t.elapsed().as_secs_f64() * 1e3);
+    let cache = std::env::temp_dir().join("taoflow-bench-ptx");
+    let t = Instant::now();
+    let _ = crate::cuda::compile(crate::cuda::AUGMENT_SRC, k.arch, Some(&cache));
+    out["nvrtc_compile_ms"] = serde_json::json!(t.elapsed().as_secs_f64() * 1e3);
+    let t = Instant::now();
+    let _ = crate::cuda::compile(crate::cuda::AUGMENT_SRC, k.arch, Some(&cache));
+    out["ptx_cache_hit_ms"] = serde_json::json!(t.elapsed().as_secs_f64() * 1e3);
+    match k.bench(&jobs, iters) {
+        Ok((up, kernel, down)) => {
+            out["gpu_upload_ms"] = serde_json::json!(up);
+            out["gpu_kernel_ms_per_batch"] = serde_json::json!(kernel);
+            out["gpu_download_ms"] = serde_json::json!(down);
+            out["gpu_kernel_GBps_out"] = serde_json::json!(batch as f64 * width as f64 * height as f64 * 3.0 / (kernel / 1e3) / 1e9);
+        }
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_STAGE_FAILED;
+        }
+    }
+    let t = Instant::now();
+    let g = match k.warp_color(&jobs) {
+        Ok(g) => g,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_STAGE_FAILED;
+        }
+    };
+    out["gpu_end_to_end_ms_per_batch"] = serde_json::json!(t.elapsed().as_secs_f64() * 1e3);
+    if let Some(c) = cpu {
+        let (mut total, mut diff, mut over1, mut maxd) = (0u64, 0u64, 0u64, 0u8);
+        for (a, b) in c.iter().zip(&g) {
+            for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+                total += 1;
+                let d = x.abs_diff(*y);
+                if d > 0 {
+                    diff += 1;
+                }
+                if d > 1 {
+                    over1 += 1;
+                }
+                maxd = maxd.max(d);
+            }
+        }
+        out["parity_bytes"] = serde_json::json!(total);
+        out["parity_bytes_differing"] = serde_json::json!(diff);
+        out["parity_fraction_differing"] = serde_json::json!(diff as f64 / total.max(1) as f64);
+        out["parity_bytes_differing_by_more_than_1"] = serde_json::json!(over1);
+        out["parity_max_abs_diff"] = serde_json::json!(maxd);
+        out["parity_ok"] = serde_json::json!(over1 == 0 && (diff as f64) <= 0.001 * total as f64);
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    if out["parity_ok"] == serde_json::json!(false) { EXIT_STAGE_FAILED } else { EXIT_OK }
 }

@@ -610,6 +610,7 @@ impl Engine {
             gpus: lease.ids.clone(),
             seed: self.p.seed,
             log: log.clone(),
+            kernel_cache: self.store.root.join("kernels-v1"),
             cancel: self.cancel.clone(),
         };
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

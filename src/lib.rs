@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod diag;
 pub mod engine;

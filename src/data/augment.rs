@@ -215,8 +215,15 @@ pub fn color_matrix(hue_deg: f64, saturation: f64) -> [[f64; 3]; 3] {
     mul(YIQ2RGB, mul(t, RGB2YIQ))
 }
 
-/// Warp + resize + colour in one pass (bilinear, zero fill outside), then blur.
+/// Warp + resize + colour in one pass, then blur: the whole per-image CPU path.
 pub fn augment_rgb(src: &RgbImage, d: &Draw, out: (u32, u32)) -> RgbImage {
+    let img = warp_color(src, d, out);
+    if d.blur_std > 0.0 { gaussian_blur(&img, d.blur_std, d.blur_size) } else { img }
+}
+
+/// Warp + resize + colour in one pass (bilinear, zero fill outside): what the GPU kernel
+/// `kernels/augment.cu` does, and its reference.
+pub fn warp_color(src: &RgbImage, d: &Draw, out: (u32, u32)) -> RgbImage {
     let (sw, sh) = src.dimensions();
     let inv = forward_matrix(d, (sw, sh), out).invert().unwrap_or(Affine([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]));
     let cm = color_matrix(d.hue, d.saturation);
@@ -243,8 +250,7 @@ pub fn augment_rgb(src: &RgbImage, d: &Draw, out: (u32, u32)) -> RgbImage {
             }
         }
     });
-    let img = RgbImage::from_raw(ow, oh, buf).expect("buffer size matches");
-    if d.blur_std > 0.0 { gaussian_blur(&img, d.blur_std, d.blur_size) } else { img }
+    RgbImage::from_raw(ow, oh, buf).expect("buffer size matches")
 }
 
 fn sample_bilinear(raw: &[u8], w: u32, h: u32, x: f64, y: f64) -> [f64; 3] {
@@ -346,16 +352,31 @@ pub struct AugmentReport {
     pub boxes_dropped: usize,
 }
 
-/// One sample in, its originals and copies out.
-fn augment_sample(s: &RawSample, spec: &AugmentSpec, seed: u64) -> Result<(Vec<RawSample>, AugmentReport), DataError> {
+/// Warps a batch of (source, draw, output size) jobs: on the CPU, or with the GPU kernel.
+pub type Warper<'a> = dyn Fn(&[(&RgbImage, Draw, (u32, u32))]) -> Result<Vec<RgbImage>, String> + Sync + 'a;
+
+/// The CPU warper (rayon over images).
+pub fn cpu_warper(jobs: &[(&RgbImage, Draw, (u32, u32))]) -> Result<Vec<RgbImage>, String> {
+    Ok(jobs.par_iter().map(|(src, d, out)| warp_color(src, d, *out)).collect())
+}
+
+/// A decoded sample and the variants (original and copies) to make of it.
+struct Planned<'s> {
+    sample: &'s RawSample,
+    src: RgbImage,
+    target: Option<DetectionTarget>,
+    mask: Option<GrayImage>,
+    /// (key, draw, output size, unchanged original)
+    variants: Vec<(String, Draw, (u32, u32), bool)>,
+}
+
+fn plan<'s>(s: &'s RawSample, spec: &AugmentSpec, seed: u64) -> Result<Planned<'s>, DataError> {
     let bad = |m: String| DataError::Invalid(format!("sample `{}`: {m}", s.key));
-    let mut rep = AugmentReport { images_in: 1, ..Default::default() };
     let bytes = s.member("png").or_else(|| s.member("jpg")).ok_or_else(|| bad("has no .png or .jpg member".into()))?;
-    let img = image_io::decode(bytes).map_err(bad)?;
-    let src = img.to_rgb8();
+    let src = image_io::decode(bytes).map_err(bad)?.to_rgb8();
     let (sw, sh) = src.dimensions();
     let out_size = spec.output.unwrap_or((sw, sh));
-    let target: Option<DetectionTarget> = match s.member("json") {
+    let target = match s.member("json") {
         Some(j) => Some(serde_json::from_slice(j).map_err(|e| bad(format!("bad .json: {e}")))?),
         None => None,
     };
@@ -363,51 +384,112 @@ fn augment_sample(s: &RawSample, spec: &AugmentSpec, seed: u64) -> Result<(Vec<R
         Some(m) => Some(image_io::decode(m).map_err(bad)?.to_luma8()),
         None => None,
     };
-    if let Some(t) = &target {
-        rep.boxes_in += t.boxes.len();
-    }
-    let mut outs = Vec::new();
-    let identity = Draw { rotation: 0.0, shear_x: 0.0, shear_y: 0.0, translate_x: 0.0, translate_y: 0.0, flip_h: false, flip_v: false, zoom: 1.0, hue: 0.0, saturation: 1.0, contrast: 1.0, contrast_center: spec.contrast_center, brightness: 0.0, blur_std: 0.0, blur_size: spec.blur_size };
-    let mut variants: Vec<(String, Draw)> = Vec::new();
+    let identity = Draw {
+        rotation: 0.0,
+        shear_x: 0.0,
+        shear_y: 0.0,
+        translate_x: 0.0,
+        translate_y: 0.0,
+        flip_h: false,
+        flip_v: false,
+        zoom: 1.0,
+        hue: 0.0,
+        saturation: 1.0,
+        contrast: 1.0,
+        contrast_center: spec.contrast_center,
+        brightness: 0.0,
+        blur_std: 0.0,
+        blur_size: spec.blur_size,
+    };
+    let mut variants = Vec::new();
     if spec.keep_originals {
-        variants.push((s.key.clone(), identity));
+        variants.push((s.key.clone(), identity, out_size, out_size == (sw, sh)));
     }
     for c in 0..spec.copies {
-        variants.push((format!("{}-aug{c}", s.key), spec.draw(seed, &s.key, c)));
+        variants.push((format!("{}-aug{c}", s.key), spec.draw(seed, &s.key, c), out_size, false));
     }
-    for (key, d) in variants {
-        let m = forward_matrix(&d, (sw, sh), out_size);
-        let unchanged = d == identity && out_size == (sw, sh);
-        let image_member = if unchanged {
+    Ok(Planned { sample: s, src, target, mask, variants })
+}
+
+/// Labels and encoding of one variant whose pixels are `warped` (None: the unchanged original).
+fn finish(p: &Planned<'_>, key: &str, d: &Draw, out_size: (u32, u32), warped: Option<RgbImage>, spec: &AugmentSpec, rep: &mut AugmentReport) -> Result<RawSample, DataError> {
+    let s = p.sample;
+    let bad = |m: String| DataError::Invalid(format!("sample `{}`: {m}", s.key));
+    let unchanged = warped.is_none();
+    let image_member = match warped {
+        None => {
             let ext = if s.member("png").is_some() { "png" } else { "jpg" };
-            (ext.to_string(), bytes.to_vec())
-        } else {
-            let out = augment_rgb(&src, &d, out_size);
-            ("png".to_string(), image_io::encode_png(&DynamicImage::ImageRgb8(out)).map_err(bad)?)
-        };
-        let mut members = vec![image_member];
-        if let Some(c) = s.member("cls") {
-            members.push(("cls".into(), c.to_vec()));
+            (ext.to_string(), s.member(ext).unwrap_or_default().to_vec())
         }
-        if let Some(t) = &target {
-            let boxes: Vec<BoxLabel> = t.boxes.iter().filter_map(|b| transform_box(b, &m, out_size, if unchanged { 0.0 } else { spec.min_box_size })).collect();
-            rep.boxes_out += boxes.len();
-            rep.boxes_dropped += t.boxes.len() - boxes.len();
-            let nt = DetectionTarget { width: out_size.0, height: out_size.1, boxes };
-            members.push(("json".into(), serde_json::to_vec(&nt).expect("target serialises")));
+        Some(img) => {
+            let img = if d.blur_std > 0.0 { gaussian_blur(&img, d.blur_std, d.blur_size) } else { img };
+            ("png".to_string(), image_io::encode_png(&DynamicImage::ImageRgb8(img)).map_err(bad)?)
         }
-        if let Some(mk) = &mask {
-            let warped = if unchanged { mk.clone() } else { augment_mask(mk, &d, out_size) };
-            members.push(("mask.png".into(), image_io::encode_png(&DynamicImage::ImageLuma8(warped)).map_err(bad)?));
-        }
-        rep.images_out += 1;
-        outs.push(RawSample { key, members });
+    };
+    let m = forward_matrix(d, p.src.dimensions(), out_size);
+    let mut members = vec![image_member];
+    if let Some(c) = s.member("cls") {
+        members.push(("cls".into(), c.to_vec()));
     }
-    Ok((outs, rep))
+    if let Some(t) = &p.target {
+        let boxes: Vec<BoxLabel> = t.boxes.iter().filter_map(|b| transform_box(b, &m, out_size, if unchanged { 0.0 } else { spec.min_box_size })).collect();
+        rep.boxes_out += boxes.len();
+        rep.boxes_dropped += t.boxes.len() - boxes.len();
+        let nt = DetectionTarget { width: out_size.0, height: out_size.1, boxes };
+        members.push(("json".into(), serde_json::to_vec(&nt).expect("target serialises")));
+    }
+    if let Some(mk) = &p.mask {
+        let warped = if unchanged { mk.clone() } else { augment_mask(mk, d, out_size) };
+        members.push(("mask.png".into(), image_io::encode_png(&DynamicImage::ImageLuma8(warped)).map_err(bad)?));
+    }
+    rep.images_out += 1;
+    Ok(RawSample { key: key.to_string(), members })
+}
+
+/// Augment a batch of samples: decode and plan in parallel, warp every variant with one
+/// call of `warper` (one kernel launch on the GPU), then labels and encoding in parallel.
+fn augment_batch(samples: &[RawSample], spec: &AugmentSpec, seed: u64, warper: &Warper<'_>) -> Result<(Vec<RawSample>, AugmentReport), DataError> {
+    let planned: Vec<Planned<'_>> = samples.par_iter().map(|s| plan(s, spec, seed)).collect::<Result<_, _>>()?;
+    let mut jobs = Vec::new();
+    for p in &planned {
+        for (_, d, out, unchanged) in &p.variants {
+            if !unchanged {
+                jobs.push((&p.src, *d, *out));
+            }
+        }
+    }
+    let mut warped = warper(&jobs).map_err(DataError::Invalid)?.into_iter();
+    let mut work = Vec::new();
+    for (pi, p) in planned.iter().enumerate() {
+        for (vi, (_, _, _, unchanged)) in p.variants.iter().enumerate() {
+            let img = if *unchanged { None } else { warped.next() };
+            work.push((pi, vi, img));
+        }
+    }
+    let results: Vec<(RawSample, AugmentReport)> = work
+        .into_par_iter()
+        .map(|(pi, vi, img)| {
+            let p = &planned[pi];
+            let (key, d, out, _) = &p.variants[vi];
+            let mut rep = AugmentReport::default();
+            let s = finish(p, key, d, *out, img, spec, &mut rep)?;
+            Ok((s, rep))
+        })
+        .collect::<Result<_, DataError>>()?;
+    let mut total = AugmentReport { images_in: samples.len(), ..Default::default() };
+    total.boxes_in = planned.iter().map(|p| p.target.as_ref().map(|t| t.boxes.len()).unwrap_or(0)).sum();
+    let mut out = Vec::with_capacity(results.len());
+    for (s, r) in results {
+        total.images_out += r.images_out;
+        total.boxes_out += r.boxes_out;
+        total.boxes_dropped += r.boxes_dropped;
+        out.push(s);
+    }
+    Ok((out, total))
 }
 
 /// Augment a dataset artifact into `out` (same layout: shards + `dataset.json`).
-pub fn augment_dataset(input: &Path, out: &Path, spec: &AugmentSpec, seed: u64, shard_max_bytes: u64) -> Result<(DatasetManifest, AugmentReport), DataError> {
+pub fn augment_dataset(input: &Path, out: &Path, spec: &AugmentSpec, seed: u64, shard_max_bytes: u64, warper: &Warper<'_>) -> Result<(DatasetManifest, AugmentReport), DataError> {
     let mpath = input.join("dataset.json");
     let text = std::fs::read_to_string(&mpath).map_err(|e| DataError::io(format!("cannot read `{}` (the input must be a dataset made by `convert`)", mpath.display()), e))?;
     let mut manifest: DatasetManifest = serde_json::from_str(&text).map_err(|e| DataError::Invalid(format!("`{}` is not a dataset manifest: {e}", mpath.display())))?;
@@ -432,13 +514,12 @@ pub fn augment_dataset(input: &Path, out: &Path, spec: &AugmentSpec, seed: u64, 
                 Ok(())
             })?;
             for chunk in samples.chunks(64) {
-                let results: Vec<Result<(Vec<RawSample>, AugmentReport), DataError>> = if augment {
-                    chunk.par_iter().map(|s| augment_sample(s, spec, seed)).collect()
+                let results: Vec<(Vec<RawSample>, AugmentReport)> = if augment {
+                    vec![augment_batch(chunk, spec, seed, warper)?]
                 } else {
-                    chunk.iter().map(|s| Ok((vec![s.clone()], AugmentReport { images_in: 1, images_out: 1, ..Default::default() }))).collect()
+                    vec![(chunk.to_vec(), AugmentReport { images_in: chunk.len(), images_out: chunk.len(), ..Default::default() })]
                 };
-                for r in results {
-                    let (outs, rep) = r?;
+                for (outs, rep) in results {
                     total.images_in += rep.images_in;
                     total.images_out += rep.images_out;
                     total.boxes_in += rep.boxes_in;

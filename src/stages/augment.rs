@@ -48,9 +48,10 @@ pub struct Augment;
 struct Parsed {
     spec: AugmentSpec,
     shard_max_bytes: u64,
+    cpu_fallback: bool,
 }
 
-const KEYS: &[&str] = &["dataset", "copies", "keep_originals", "output_width", "output_height", "min_box_size", "splits", "shard_max_mb", "spatial", "color", "blur"];
+const KEYS: &[&str] = &["dataset", "cpu_fallback", "copies", "keep_originals", "output_width", "output_height", "min_box_size", "splits", "shard_max_mb", "spatial", "color", "blur"];
 const SPATIAL: &[&str] = &["rotation", "rotation_units", "shear_x", "shear_y", "translate_x", "translate_y", "flip_horizontal", "flip_vertical", "zoom"];
 const COLOR: &[&str] = &["hue", "saturation", "contrast", "contrast_center", "brightness"];
 const BLUR: &[&str] = &["std", "size"];
@@ -173,6 +174,7 @@ impl StageKind for Augment {
         if dataset.is_none() && f.table.get("dataset").is_none() {
             f.missing("dataset", "dataset = \"convert\" (a stage whose output is a dataset)");
         }
+        let cpu_fallback = f.bool("cpu_fallback").map(|(b, _)| b).unwrap_or(false);
         let copies = f.uint("copies").map(|(v, _)| v as u32).unwrap_or(1);
         let keep_originals = f.bool("keep_originals").map(|(b, _)| b).unwrap_or(true);
         if copies == 0 && !keep_originals
@@ -306,7 +308,7 @@ impl StageKind for Augment {
             metrics: None,
             gpus: 0,
             description: None,
-            typed: Arc::new(Parsed { spec, shard_max_bytes: shard_max_mb << 20 }),
+            typed: Arc::new(Parsed { spec, shard_max_bytes: shard_max_mb << 20, cpu_fallback }),
         })
     }
 
@@ -319,15 +321,38 @@ impl StageKind for Augment {
             let out = ctx.outputs["dataset"].clone();
             let seed = ctx.seed as u64;
             let log = ctx.log.clone();
+            let gpu = ctx.gpus.first().copied();
+            let cache = ctx.kernel_cache.clone();
+            let fallback = parsed.cpu_fallback;
             tokio::task::spawn_blocking(move || -> Result<Vec<String>, StageError> {
+                let mut notes = Vec::new();
+                // With a GPU leased (`gpus = 1`), the fused NVRTC kernel warps; else the CPU.
+                let kernel = match gpu {
+                    None => None,
+                    Some(ordinal) => match crate::cuda::AugmentKernel::new(ordinal as usize, Some(&cache)) {
+                        Ok(k) => {
+                            notes.push(format!("augment kernel on {} ({}, PTX {})", k.device_name, k.arch, if k.cached_ptx { "from the cache" } else { "compiled" }));
+                            Some(k)
+                        }
+                        Err(e) if fallback => {
+                            notes.push(format!("warning: GPU augment unavailable, using the CPU (cpu_fallback = true): {e}"));
+                            None
+                        }
+                        Err(e) => return Err(StageError::Failed(format!("{e}\n  = hint: set `cpu_fallback = true` to run on the CPU when the GPU path fails, or `gpus = 0`"))),
+                    },
+                };
+                let gpu_warper = |jobs: &[(&image::RgbImage, crate::data::augment::Draw, (u32, u32))]| kernel.as_ref().expect("kernel").warp_color(jobs);
+                let warper: &crate::data::augment::Warper<'_> = if kernel.is_some() { &gpu_warper } else { &crate::data::augment::cpu_warper };
+                let device = if kernel.is_some() { "the GPU" } else { "the CPU" };
                 crate::stages::write_dir_atomically(&out, |tmp| {
-                    let (_, rep) = augment_dataset(&input, tmp, &spec, seed, max).map_err(|e| StageError::Failed(e.to_string()))?;
+                    let (_, rep) = augment_dataset(&input, tmp, &spec, seed, max, warper).map_err(|e| StageError::Failed(e.to_string()))?;
                     let line = format!(
-                        "augmented on the CPU: {} -> {} images; boxes {} -> {} ({} dropped as too small or outside)",
+                        "augmented on {device}: {} -> {} images; boxes {} -> {} ({} dropped as too small or outside)",
                         rep.images_in, rep.images_out, rep.boxes_in, rep.boxes_out, rep.boxes_dropped
                     );
-                    let _ = std::fs::write(&log, format!("{line}\n"));
-                    Ok(vec![line])
+                    notes.push(line);
+                    let _ = std::fs::write(&log, format!("{}\n", notes.join("\n")));
+                    Ok(notes)
                 })
             })
             .await

@@ -95,6 +95,8 @@ pub struct RunCtx {
     pub seed: i64,
     /// The stage's log file (stdout and stderr of commands go here).
     pub log: PathBuf,
+    /// Where compiled GPU kernels (PTX) are cached, in the store.
+    pub kernel_cache: PathBuf,
     /// Becomes `true` when the run is cancelled (Ctrl-C).
     pub cancel: tokio::sync::watch::Receiver<bool>,
 }
