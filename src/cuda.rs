@@ -202,13 +202,16 @@ impl AugmentKernel {
     }
 
     fn download(&self, p: &Packed, d: &Device) -> Result<Vec<RgbImage>, String> {
-        let host = self.stream.clone_dtoh(&d.dst).map_err(|x| format!("CUDA: {x:?}"))?;
+        // One copy per image straight into its own buffer (no second host copy).
         let mut out = Vec::with_capacity(p.sizes.len());
         for (i, sz) in p.sizes.iter().enumerate() {
             let o = p.dst_off[i] as usize;
             let len = (sz.0 * sz.1 * 3) as usize;
-            out.push(RgbImage::from_raw(sz.0, sz.1, host[o..o + len].to_vec()).ok_or("bad output size")?);
+            let mut buf = vec![0u8; len];
+            self.stream.memcpy_dtoh(&d.dst.slice(o..o + len), &mut buf).map_err(|x| format!("CUDA: {x:?}"))?;
+            out.push(RgbImage::from_raw(sz.0, sz.1, buf).ok_or("bad output size")?);
         }
+        self.synchronize()?;
         Ok(out)
     }
 

@@ -160,6 +160,12 @@ output_height = 32
 [stages.clsaug.color]
 hue = [-30, 30]
 saturation = [0.5, 1.5]
+[stages.greyaug]
+kind = "augment"
+dataset = "cls"
+output_channels = 1
+[stages.greyaug.spatial]
+flip_horizontal = 1.0
 "#,
     );
     run_ok(&p, &[]);
@@ -182,6 +188,17 @@ saturation = [0.5, 1.5]
     assert_eq!(cls.manifest.splits["train"].count, orig.manifest.splits["train"].count, "keep_originals = false, one copy");
     assert_eq!(cls.manifest.splits["train"].per_class, orig.manifest.splits["train"].per_class, "classes pass through");
     assert_eq!(cls.manifest.splits["val"].count, orig.manifest.splits["val"].count, "val is copied unchanged");
+    // output_channels = 1 writes grey images.
+    let grey = Dataset::open(&p.path("outputs/t/greyaug/dataset")).unwrap();
+    let sh = &grey.manifest.splits["train"].shards[0];
+    ShardReader::open(&p.path("outputs/t/greyaug/dataset").join(sh))
+        .unwrap()
+        .for_each(|s| {
+            let img = image::load_from_memory(s.member("png").unwrap()).unwrap();
+            assert_eq!(img.color().channel_count(), 1, "{}", s.key);
+            Ok(())
+        })
+        .unwrap();
     // The preview command draws the labels for a person to look at.
     let out = p.run(&["preview", "outputs/t/segaug/dataset", "prev", "--count", "3"]);
     assert!(out.status.success(), "{}", text(&out));

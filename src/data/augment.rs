@@ -66,6 +66,8 @@ pub struct AugmentSpec {
     pub blur_size: u32,
     /// Output size; `None` keeps each image's size.
     pub output: Option<(u32, u32)>,
+    /// 3 (RGB) or 1 (grey: luma of the augmented RGB).
+    pub output_channels: u32,
     pub copies: u32,
     pub keep_originals: bool,
     /// Boxes smaller than this (width or height, output pixels) after the warp are dropped.
@@ -94,6 +96,7 @@ impl Default for AugmentSpec {
             blur_std: f(0.0),
             blur_size: 5,
             output: None,
+            output_channels: 3,
             copies: 1,
             keep_originals: true,
             min_box_size: 2.0,
@@ -364,6 +367,7 @@ pub fn cpu_warper(jobs: &[(&RgbImage, Draw, (u32, u32))]) -> Result<Vec<RgbImage
 struct Planned<'s> {
     sample: &'s RawSample,
     src: RgbImage,
+    src_channels: u8,
     target: Option<DetectionTarget>,
     mask: Option<GrayImage>,
     /// (key, draw, output size, unchanged original)
@@ -373,7 +377,9 @@ struct Planned<'s> {
 fn plan<'s>(s: &'s RawSample, spec: &AugmentSpec, seed: u64) -> Result<Planned<'s>, DataError> {
     let bad = |m: String| DataError::Invalid(format!("sample `{}`: {m}", s.key));
     let bytes = s.member("png").or_else(|| s.member("jpg")).ok_or_else(|| bad("has no .png or .jpg member".into()))?;
-    let src = image_io::decode(bytes).map_err(bad)?.to_rgb8();
+    let decoded = image_io::decode(bytes).map_err(bad)?;
+    let src_channels = image_io::channels(&decoded);
+    let src = decoded.to_rgb8();
     let (sw, sh) = src.dimensions();
     let out_size = spec.output.unwrap_or((sw, sh));
     let target = match s.member("json") {
@@ -408,7 +414,7 @@ fn plan<'s>(s: &'s RawSample, spec: &AugmentSpec, seed: u64) -> Result<Planned<'
     for c in 0..spec.copies {
         variants.push((format!("{}-aug{c}", s.key), spec.draw(seed, &s.key, c), out_size, false));
     }
-    Ok(Planned { sample: s, src, target, mask, variants })
+    Ok(Planned { sample: s, src, src_channels, target, mask, variants })
 }
 
 /// Labels and encoding of one variant whose pixels are `warped` (None: the unchanged original).
@@ -417,13 +423,15 @@ fn finish(p: &Planned<'_>, key: &str, d: &Draw, out_size: (u32, u32), warped: Op
     let bad = |m: String| DataError::Invalid(format!("sample `{}`: {m}", s.key));
     let unchanged = warped.is_none();
     let image_member = match warped {
-        None => {
+        None if spec.output_channels == 3 || p.src_channels == 1 => {
             let ext = if s.member("png").is_some() { "png" } else { "jpg" };
             (ext.to_string(), s.member(ext).unwrap_or_default().to_vec())
         }
-        Some(img) => {
+        warped => {
+            let img = warped.unwrap_or_else(|| p.src.clone());
             let img = if d.blur_std > 0.0 { gaussian_blur(&img, d.blur_std, d.blur_size) } else { img };
-            ("png".to_string(), image_io::encode_png(&DynamicImage::ImageRgb8(img)).map_err(bad)?)
+            let img = if spec.output_channels == 1 { DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(img).to_luma8()) } else { DynamicImage::ImageRgb8(img) };
+            ("png".to_string(), image_io::encode_png(&img).map_err(bad)?)
         }
     };
     let m = forward_matrix(d, p.src.dimensions(), out_size);

@@ -51,7 +51,7 @@ struct Parsed {
     cpu_fallback: bool,
 }
 
-const KEYS: &[&str] = &["dataset", "cpu_fallback", "copies", "keep_originals", "output_width", "output_height", "min_box_size", "splits", "shard_max_mb", "spatial", "color", "blur"];
+const KEYS: &[&str] = &["dataset", "cpu_fallback", "copies", "keep_originals", "output_width", "output_height", "output_channels", "min_box_size", "splits", "shard_max_mb", "spatial", "color", "blur"];
 const SPATIAL: &[&str] = &["rotation", "rotation_units", "shear_x", "shear_y", "translate_x", "translate_y", "flip_horizontal", "flip_vertical", "zoom"];
 const COLOR: &[&str] = &["hue", "saturation", "contrast", "contrast_center", "brightness"];
 const BLUR: &[&str] = &["std", "size"];
@@ -70,7 +70,7 @@ const TAO_KEYS: &[(&str, &str)] = &[
     ("contrast_scale_max", "use `contrast = [1 - x, 1 + x]` in [stages.NAME.color]"),
     ("color_shift_stddev", "per-channel colour shift is not supported; use `hue`, `saturation`, `brightness`"),
     ("crop", "random crops are not supported offline; use `zoom` and `translate_x`/`translate_y`"),
-    ("output_image_channel", "output is RGB (3 channels)"),
+    ("output_image_channel", "use `output_channels = 1` or `3`"),
 ];
 
 /// A number (fixed) or `[min, max]` (sampled), checked against `lo..=hi`.
@@ -199,6 +199,14 @@ impl StageKind for Augment {
                 None
             }
         };
+        let output_channels = match f.uint("output_channels") {
+            None => 3,
+            Some((c @ (1 | 3), _)) => c as u32,
+            Some((c, n)) => {
+                f.diags.push(Diag::error(format!("`output_channels` must be 1 or 3, not {c}")).at(&n.span, "unsupported channel count"));
+                3
+            }
+        };
         let min_box_size = f.float("min_box_size").map(|(v, _)| v).unwrap_or(2.0);
         let splits = f.str_list("splits").map(|v| v.into_iter().map(|(s, _)| s).collect()).unwrap_or_else(|| vec!["train".to_string()]);
         let shard_max_mb = f.uint("shard_max_mb").map(|(v, _)| v.max(1)).unwrap_or(256);
@@ -257,6 +265,7 @@ impl StageKind for Augment {
             blur_std: param(f, blur, "std", 0.0, 50.0, 0.0, "a standard deviation in pixels"),
             blur_size: 5,
             output,
+            output_channels,
             copies,
             keep_originals,
             min_box_size,
@@ -297,6 +306,7 @@ impl StageKind for Augment {
             None => PVal::Str("source".into()),
         });
         params.insert("copies".into(), PVal::Int(spec.copies as i64));
+        params.insert("output_channels".into(), PVal::Int(spec.output_channels as i64));
         params.insert("keep_originals".into(), PVal::Bool(spec.keep_originals));
         params.insert("min_box_size".into(), PVal::Float(Float(spec.min_box_size)));
         params.insert("splits".into(), PVal::Array(spec.splits.iter().map(|s| PVal::Str(s.clone())).collect()));
