@@ -409,7 +409,7 @@ impl Engine {
                     if self.opts.dry_run {
                         rep.restored = restore;
                     } else {
-                        match self.restore(&key, &m, &restore, &out_paths).await {
+                        match self.restore(i, &key, &m, &restore, &out_paths).await {
                             Ok(()) => rep.restored = restore,
                             Err(e) => {
                                 self.reporter.warn(&format!("stage `{}`: cannot restore from the store ({e}); running it again", st.name));
@@ -495,11 +495,13 @@ impl Engine {
         .flatten()
     }
 
-    async fn restore(&self, key: &str, m: &Manifest, names: &[String], out_paths: &BTreeMap<String, PathBuf>) -> Result<(), String> {
-        let _lock = self.key_lock(key, &self.p.stages.iter().find(|s| s.name == m.stage).map(|s| s.name.clone()).unwrap_or_default()).await?;
+    async fn restore(&self, i: usize, key: &str, m: &Manifest, names: &[String], out_paths: &BTreeMap<String, PathBuf>) -> Result<(), String> {
+        let st = &self.p.stages[i];
+        let _lock = self.key_lock(key, &st.name).await?;
         let store = Arc::clone(&self.store);
         let stat = Arc::clone(&self.stat);
-        let owned: Vec<String> = self.p.stages.iter().filter(|s| s.name == m.stage).flat_map(|s| s.def.outputs.iter().filter(|o| o.owned).map(|o| o.name.clone())).collect();
+        // The manifest may come from another stage with the same key: linking follows this one.
+        let owned: Vec<String> = st.def.outputs.iter().filter(|o| o.owned).map(|o| o.name.clone()).collect();
         let jobs: Vec<(String, PathBuf, bool)> = names.iter().map(|n| (m.outputs[n].digest.clone(), out_paths[n].clone(), owned.contains(n))).collect();
         tokio::task::spawn_blocking(move || {
             for (digest, path, link) in jobs {
@@ -572,7 +574,7 @@ impl Engine {
             rep.reasons = vec!["made by another taoflow process".into()];
             drop(lock);
             if !restore.is_empty() {
-                if let Err(e) = self.restore(&key, &m, &restore, &out_paths).await {
+                if let Err(e) = self.restore(i, &key, &m, &restore, &out_paths).await {
                     return self.not_done(i, Status::Failed, e);
                 }
                 rep.restored = restore;
