@@ -1,0 +1,7 @@
+//! Models: the layer graph (`model.json`), builders of known architectures, the Burn
+//! interpreter, and pretrained-weight import.
+
+pub mod builders;
+pub mod graph;
+pub mod import;
+pub mod net;
