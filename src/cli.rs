@@ -168,6 +168,26 @@ pub enum Command {
         #[arg(long)]
         no_cpu: bool,
     },
+    /// Run a built architecture with imported weights on a raw f32 input (for parity checks
+    /// against PyTorch): writes the logits as raw little-endian f32.
+    Forward {
+        /// mobilenet_v2, resnet18, resnet34 or resnet50.
+        #[arg(long)]
+        arch: String,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// Weights (.pth, .pt or .safetensors, torchvision names).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Raw little-endian f32 input, NCHW.
+        #[arg(long)]
+        input: PathBuf,
+        /// N,C,H,W of the input.
+        #[arg(long, value_delimiter = ',')]
+        shape: Vec<usize>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {
         #[arg(required = true)]

@@ -264,6 +264,16 @@ pub async fn main(cli: Cli) -> i32 {
             }
         },
         Command::BenchAugment { batch, width, height, iters, gpu, no_cpu } => bench_augment(*batch, *width, *height, *iters, *gpu, *no_cpu),
+        Command::Forward { arch, classes, weights, input, shape, out } => match forward_cmd(arch, *classes, weights, input, shape, out) {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                EXIT_OK
+            }
+            Err(e) => {
+                eprint_error(&e);
+                EXIT_STAGE_FAILED
+            }
+        },
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();
@@ -726,4 +736,37 @@ fn bench_augment(batch: usize, width: u32, height: u32, iters: usize, gpu: usize
     }
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     if out["parity_ok"] == serde_json::json!(false) { EXIT_STAGE_FAILED } else { EXIT_OK }
+}
+
+fn forward_cmd(arch: &str, classes: usize, weights: &Path, input: &Path, shape: &[usize], out: &Path) -> Result<String, String> {
+    use burn::backend::NdArray;
+    use burn::tensor::{Tensor, TensorData};
+    let [n, c, h, w] = shape else { return Err("--shape must be N,C,H,W".into()) };
+    let spec = crate::data::image_io::InputSpec::imagenet(*w as u32, *h as u32);
+    let g = match arch {
+        "mobilenet_v2" => crate::model::builders::mobilenet_v2(classes, 1.0, spec, vec![]),
+        a if a.starts_with("resnet") => crate::model::builders::resnet(a[6..].parse().map_err(|_| format!("unknown architecture `{a}`"))?, classes, 1.0, spec, vec![])?,
+        a => return Err(format!("unknown architecture `{a}` (mobilenet_v2, resnet18, resnet34, resnet50)")),
+    };
+    let bytes = std::fs::read(input).map_err(|e| format!("cannot read `{}`: {e}", input.display()))?;
+    let x: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if x.len() != n * c * h * w {
+        return Err(format!("`{}` holds {} floats, the shape needs {}", input.display(), x.len(), n * c * h * w));
+    }
+    type B = NdArray<f32>;
+    let device = Default::default();
+    let wts = crate::model::import::read_weights(weights)?;
+    let (net, missing) = crate::model::net::GraphNet::<B>::new(&g, &device)?.load_weights(&wts, &device)?;
+    if !missing.is_empty() {
+        return Err(format!("weights missing from `{}`: {}", weights.display(), missing.join(", ")));
+    }
+    let t0 = Instant::now();
+    let y = net.forward(Tensor::<B, 4>::from_data(TensorData::new(x, [*n, *c, *h, *w]), &device));
+    let v = y.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let mut buf = Vec::with_capacity(v.len() * 4);
+    for f in &v {
+        buf.extend_from_slice(&f.to_le_bytes());
+    }
+    std::fs::write(out, buf).map_err(|e| format!("cannot write `{}`: {e}", out.display()))?;
+    Ok(format!("{arch}: {} logits written in {:.2}s", v.len(), t0.elapsed().as_secs_f64()))
 }
