@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod graph;
 pub mod hash;
 pub mod lockfile;
+pub mod metrics;
 pub mod model;
 pub mod stages;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Models: the layer graph (`model.json`), builders of known architectures, the Burn
 //! interpreter, and pretrained-weight import.
 
+pub mod artifact;
 pub mod builders;
 pub mod graph;
 pub mod import;

@@ -214,4 +214,33 @@ impl<B: Backend> GraphNet<B> {
         }
         Ok((self, missing))
     }
+
+    /// Every weight by torchvision name (Linear back to `[out, in]`), as f32.
+    pub fn export_weights(&self) -> Result<Vec<(String, WeightData)>, String> {
+        fn data<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<WeightData, String> {
+            let shape = t.dims().to_vec();
+            let data = t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            Ok(WeightData { shape, data })
+        }
+        let mut out = Vec::new();
+        for (c, name) in self.convs.iter().zip(&self.plan.conv_names) {
+            out.push((format!("{name}.weight"), data(c.weight.val())?));
+            if let Some(b) = &c.bias {
+                out.push((format!("{name}.bias"), data(b.val())?));
+            }
+        }
+        for (b, name) in self.bns.iter().zip(&self.plan.bn_names) {
+            out.push((format!("{name}.weight"), data(b.gamma.val())?));
+            out.push((format!("{name}.bias"), data(b.beta.val())?));
+            out.push((format!("{name}.running_mean"), data(b.running_mean.value())?));
+            out.push((format!("{name}.running_var"), data(b.running_var.value())?));
+        }
+        for (l, name) in self.linears.iter().zip(&self.plan.linear_names) {
+            out.push((format!("{name}.weight"), data(l.weight.val().transpose())?));
+            if let Some(b) = &l.bias {
+                out.push((format!("{name}.bias"), data(b.val())?));
+            }
+        }
+        Ok(out)
+    }
 }

@@ -1,0 +1,64 @@
+//! The model artifact: a folder with `model.json` (the layer graph, classes, input spec)
+//! and `weights.safetensors` (torchvision names), loadable from PyTorch as a state dict.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use super::graph::ModelGraph;
+use super::net::GraphNet;
+
+/// Write `model.json` and `weights.safetensors` into `dir` (which must exist).
+pub fn save<B: Backend>(dir: &Path, graph: &ModelGraph, net: &GraphNet<B>) -> Result<(), String> {
+    let mut json = serde_json::to_vec_pretty(graph).map_err(|e| e.to_string())?;
+    json.push(b'\n');
+    std::fs::write(dir.join("model.json"), json).map_err(|e| format!("cannot write model.json: {e}"))?;
+    let weights = net.export_weights()?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
+        .into_iter()
+        .map(|(n, w)| (n, w.shape, w.data.iter().flat_map(|f| f.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, shape, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map(|v| (n.clone(), v)).map_err(|e| format!("{e:?}")))
+        .collect::<Result<_, _>>()?;
+    let meta = Some([("format".to_string(), "pt".to_string()), ("arch".to_string(), graph.arch.clone())].into_iter().collect());
+    let out = safetensors::serialize(views, &meta).map_err(|e| format!("cannot encode weights: {e:?}"))?;
+    std::fs::write(dir.join("weights.safetensors"), out).map_err(|e| format!("cannot write weights.safetensors: {e}"))
+}
+
+/// Read a model artifact.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(ModelGraph, GraphNet<B>), String> {
+    let p = dir.join("model.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read `{}` (is this a model artifact?): {e}", p.display()))?;
+    let graph: ModelGraph = serde_json::from_str(&text).map_err(|e| format!("`{}` is not a valid model graph: {e}", p.display()))?;
+    let weights = super::import::read_weights(&dir.join("weights.safetensors"))?;
+    let (net, missing) = GraphNet::<B>::new(&graph, device)?.load_weights(&weights, device)?;
+    if !missing.is_empty() {
+        return Err(format!("`{}` lacks weights: {}", dir.join("weights.safetensors").display(), missing.join(", ")));
+    }
+    Ok((graph, net))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, Tensor};
+
+    #[test]
+    fn save_load_roundtrip_gives_the_same_outputs() {
+        type B = NdArray<f32>;
+        let device = Default::default();
+        let g = crate::model::builders::resnet(18, 5, 0.125, crate::data::image_io::InputSpec::imagenet(32, 32), (0..5).map(|i| format!("c{i}")).collect()).unwrap();
+        let net = GraphNet::<B>::new(&g, &device).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &g, &net).unwrap();
+        let (g2, net2) = load::<B>(dir.path(), &device).unwrap();
+        assert_eq!(g, g2);
+        let x: Tensor<B, 4> = Tensor::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let a = net.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let b = net2.forward(x).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(a, b);
+    }
+}
