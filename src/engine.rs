@@ -655,6 +655,8 @@ impl Engine {
             for (name, rel, abs, owned) in decls {
                 let h = store.ingest(&abs, &stat, owned).map_err(|e| format!("cannot store output `{name}`: {e}"))?;
                 if metrics_name.as_deref() == Some(name.as_str()) {
+                    // A folder output holds its metrics in `metrics.json`.
+                    let abs = if abs.is_dir() { abs.join("metrics.json") } else { abs.clone() };
                     let text = std::fs::read(&abs).map_err(|e| format!("cannot read metrics file `{}`: {e}", rel.display()))?;
                     let v: serde_json::Value = serde_json::from_slice(&text)
                         .map_err(|e| format!("metrics file `{}` is not valid JSON: {e}\n  = hint: the stage's command must write a JSON object", rel.display()))?;

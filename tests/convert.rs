@@ -359,7 +359,8 @@ print(json.dumps(out, sort_keys=True))
 /// Every format: two conversions in separate workspaces and stores give the same digest.
 #[test]
 fn every_format_is_deterministic() {
-    let setups: Vec<(&str, fn(&Project), &str)> = vec![
+    type Setup = (&'static str, fn(&Project), &'static str);
+    let setups: Vec<Setup> = vec![
         ("image_folder", |p| fixtures::image_folder(&p.path("src")), "format = \"image_folder\"\nsource = \"src\""),
         ("idx", |p| fixtures::idx(&p.path("src"), "train", 30, 6, 6, 3, true), "format = \"idx\"\nsource = \"src\""),
         (

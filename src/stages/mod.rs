@@ -19,6 +19,7 @@ use crate::value::PVal;
 
 pub mod augment;
 pub mod convert;
+pub mod evaluate;
 pub mod exec;
 
 /// One kind of stage (`exec`, and later `convert`, `train`, …).
@@ -119,10 +120,11 @@ impl fmt::Display for StageError {
 static EXEC: exec::Exec = exec::Exec;
 static CONVERT: convert::Convert = convert::Convert;
 static AUGMENT: augment::Augment = augment::Augment;
+static EVALUATE: evaluate::Evaluate = evaluate::Evaluate;
 
 /// Every kind this build offers.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    static KINDS: [&dyn StageKind; 3] = [&EXEC, &CONVERT, &AUGMENT];
+    static KINDS: [&dyn StageKind; 4] = [&EXEC, &CONVERT, &AUGMENT, &EVALUATE];
     &KINDS
 }
 
@@ -139,7 +141,7 @@ pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::pa
 }
 
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &[ "train", "evaluate", "prune", "retrain", "quantize", "export"];
+pub const PLANNED: &[&str] = &[ "train", "prune", "retrain", "quantize", "export"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)

@@ -1,0 +1,176 @@
+//! `evaluate`: a model artifact on a split of a dataset artifact: top-1/top-k accuracy,
+//! per-class precision/recall/F1, the confusion matrix (JSON and PNG).
+//!
+//! ```toml
+//! [stages.evaluate]
+//! kind = "evaluate"
+//! model = "train.model"        # a model artifact (model.json + weights.safetensors)
+//! dataset = "convert"          # a dataset artifact
+//! split = "val"
+//! batch_size = 64
+//! top_k = [1, 5]
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use burn::backend::NdArray;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::config::Fields;
+use crate::data::loader::{Dataset, LoaderOptions};
+use crate::diag::Diag;
+use crate::metrics::{classification_report, ClassificationReport};
+use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
+use crate::value::PVal;
+
+#[derive(Debug)]
+pub struct Evaluate;
+
+#[derive(Debug)]
+struct Parsed {
+    split: String,
+    batch_size: usize,
+    top_k: Vec<usize>,
+}
+
+const KEYS: &[&str] = &["model", "dataset", "split", "batch_size", "top_k"];
+
+impl StageKind for Evaluate {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        KEYS
+    }
+
+    fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {
+        let before = f.diags.0.len();
+        let model = f.str("model");
+        if model.is_none() && f.table.get("model").is_none() {
+            f.missing("model", "model = \"train.model\"");
+        }
+        let dataset = f.str("dataset");
+        if dataset.is_none() && f.table.get("dataset").is_none() {
+            f.missing("dataset", "dataset = \"convert\"");
+        }
+        let split = f.str("split").map(|(s, _)| s).unwrap_or_else(|| "val".into());
+        let batch_size = match f.uint("batch_size") {
+            Some((0, n)) => {
+                f.diags.push(Diag::error("`batch_size` must be positive").at(&n.span, "zero"));
+                1
+            }
+            Some((b, _)) => b as usize,
+            None => 64,
+        };
+        let mut top_k = vec![1, 5];
+        if let Some(n) = f.get("top_k") {
+            match &n.v {
+                crate::value::V::Array(a) if !a.is_empty() => {
+                    top_k = a.iter().filter_map(|x| if let crate::value::V::Int(i) = x.v { (i > 0).then_some(i as usize) } else { None }).collect();
+                    if top_k.len() != a.len() {
+                        f.diags.push(Diag::error("`top_k` must be positive integers, e.g. [1, 5]").at(&n.span, "invalid"));
+                    }
+                }
+                _ => f.diags.push(crate::config::type_error("`top_k`", "an array of positive integers", n)),
+            }
+        }
+        if f.diags.0.len() > before {
+            return None;
+        }
+        let (model, mnode) = model?;
+        let (dataset, dnode) = dataset?;
+        let mut params = BTreeMap::new();
+        params.insert("split".into(), PVal::Str(split.clone()));
+        params.insert("batch_size".into(), PVal::Int(batch_size as i64));
+        params.insert("top_k".into(), PVal::Array(top_k.iter().map(|k| PVal::Int(*k as i64)).collect()));
+        Some(StageDef {
+            params,
+            inputs: vec![InputDecl { label: "model".into(), raw: model, span: mnode.span.clone() }, InputDecl { label: "dataset".into(), raw: dataset, span: dnode.span.clone() }],
+            outputs: vec![OutputDecl { name: "evaluation".into(), path: PathBuf::from("outputs").join(stage).join("evaluation"), span: mnode.span.clone(), owned: true }],
+            metrics: Some("evaluation".into()),
+            gpus: 0,
+            description: None,
+            typed: Arc::new(Parsed { split, batch_size, top_k }),
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
+        Box::pin(async move {
+            let p = ctx.def.typed.downcast_ref::<Parsed>().ok_or_else(|| StageError::Failed("internal: evaluate stage data missing".into()))?;
+            let (split, batch, top_k) = (p.split.clone(), p.batch_size, p.top_k.clone());
+            let model = ctx.inputs["model"].clone();
+            let dataset = ctx.inputs["dataset"].clone();
+            let out = ctx.outputs["evaluation"].clone();
+            tokio::task::spawn_blocking(move || {
+                let report = evaluate(&model, &dataset, &split, batch, &top_k).map_err(StageError::Failed)?;
+                crate::stages::write_dir_atomically(&out, |tmp| {
+                    let mut j = serde_json::to_vec_pretty(&report).expect("report serialises");
+                    j.push(b'\n');
+                    std::fs::write(tmp.join("metrics.json"), j).map_err(|e| StageError::Failed(format!("cannot write metrics.json: {e}")))?;
+                    confusion_png(&report, &tmp.join("confusion.png")).map_err(StageError::Failed)?;
+                    Ok(())
+                })?;
+                let tk: Vec<String> = report.top_k.iter().map(|(k, v)| format!("top-{k} {:.4}", v)).collect();
+                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}", report.samples, tk.join(", "), report.macro_avg.f1)])
+            })
+            .await
+            .map_err(|e| StageError::Failed(format!("evaluate crashed: {e}")))?
+        })
+    }
+}
+
+/// Run a model artifact over a dataset split on the CPU and report.
+pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<ClassificationReport, String> {
+    type B = NdArray<f32>;
+    let device = Default::default();
+    let (graph, net) = crate::model::artifact::load::<B>(model, &device)?;
+    let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
+    if ds.manifest.task != "classification" {
+        return Err(format!("`evaluate` handles classification datasets; this one is `{}`", ds.manifest.task));
+    }
+    if !graph.classes.is_empty() && graph.classes != ds.manifest.classes {
+        return Err(format!(
+            "the model's classes ({}) differ from the dataset's ({})\n  = hint: evaluate on a dataset converted with the same classes, in the same order",
+            graph.classes.join(", "),
+            ds.manifest.classes.join(", ")
+        ));
+    }
+    let n_classes = ds.manifest.classes.len();
+    let spec = graph.input.clone();
+    let mut y = Vec::new();
+    let mut scores: Vec<Vec<f32>> = Vec::new();
+    let opts = LoaderOptions { batch_size: batch, shuffle: false, ..Default::default() };
+    for b in ds.stream(split, &spec, &opts).map_err(|e| e.to_string())? {
+        let b = b.map_err(|e| e.to_string())?;
+        let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(b.images, [b.len, spec.channels as usize, spec.height as usize, spec.width as usize]), &device);
+        let logits = net.forward(x).into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        if logits.len() != b.len * n_classes {
+            return Err(format!("the model has {} outputs, the dataset {n_classes} classes", logits.len() / b.len.max(1)));
+        }
+        scores.extend(logits.chunks(n_classes).map(|c| c.to_vec()));
+        y.extend(b.labels);
+    }
+    let ks: Vec<usize> = top_k.iter().copied().filter(|k| *k <= n_classes).collect();
+    classification_report(&y, &scores, &ds.manifest.classes, &ks)
+}
+
+/// The row-normalised confusion matrix as a heat map (true classes down, predicted across).
+fn confusion_png(r: &ClassificationReport, path: &Path) -> Result<(), String> {
+    let n = r.confusion.len().max(1) as u32;
+    let cell = (512 / n).clamp(4, 48);
+    let img = image::RgbImage::from_fn(n * cell, n * cell, |x, y| {
+        let (i, j) = ((y / cell) as usize, (x / cell) as usize);
+        let row: u64 = r.confusion[i].iter().sum();
+        let v = if row == 0 { 0.0 } else { r.confusion[i][j] as f64 / row as f64 };
+        let c = (255.0 * (1.0 - v)) as u8;
+        if i == j { image::Rgb([c, 255, c]) } else { image::Rgb([255, c, c]) }
+    });
+    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

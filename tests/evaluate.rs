@@ -1,0 +1,53 @@
+//! The `evaluate` stage: a model artifact on a dataset split, metrics consistent with the
+//! predictions, `show` reads them, a class mismatch is a clear error.
+
+mod common;
+
+use burn::backend::NdArray;
+use common::{fixtures, text, Project};
+use taoflow::data::image_io::InputSpec;
+use taoflow::model::{artifact, builders, net::GraphNet};
+
+fn model(p: &Project, dir: &str, classes: &[&str]) {
+    let g = builders::resnet(18, classes.len(), 0.125, InputSpec::plain(16, 16, 1), classes.iter().map(|s| s.to_string()).collect()).unwrap();
+    let net = GraphNet::<NdArray<f32>>::new(&g, &Default::default()).unwrap();
+    std::fs::create_dir_all(p.path(dir)).unwrap();
+    artifact::save(&p.path(dir), &g, &net).unwrap();
+}
+
+#[test]
+fn evaluate_a_model_artifact() {
+    let p = Project::new();
+    fixtures::idx(&p.path("mnist"), "train", 60, 8, 8, 5, true);
+    let classes = ["0", "1", "2", "3", "4"];
+    model(&p, "mymodel", &classes);
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"t\"\n[stages.convert]\nkind = \"convert\"\nformat = \"idx\"\nsource = \"mnist\"\nval_fraction = 0.5\n[stages.evaluate]\nkind = \"evaluate\"\nmodel = \"mymodel\"\ndataset = \"convert\"\ntop_k = [1, 3]\n",
+    );
+    let out = p.run(&["run", "p.toml"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("30 samples of `val`"), "{t}");
+    let m: serde_json::Value = serde_json::from_str(&p.read("outputs/t/evaluate/evaluation/metrics.json")).unwrap();
+    assert_eq!(m["samples"], 30);
+    let conf: Vec<Vec<u64>> = serde_json::from_value(m["confusion"].clone()).unwrap();
+    assert_eq!(conf.iter().flatten().sum::<u64>(), 30);
+    let diag: u64 = (0..5).map(|i| conf[i][i]).sum();
+    assert!((m["accuracy"].as_f64().unwrap() - diag as f64 / 30.0).abs() < 1e-12);
+    assert!(m["top_k"][1][1].as_f64().unwrap() >= m["accuracy"].as_f64().unwrap());
+    assert!(p.path("outputs/t/evaluate/evaluation/confusion.png").is_file());
+    let direct = taoflow::stages::evaluate::evaluate(&p.path("mymodel"), &p.path("outputs/t/convert/dataset"), "val", 7, &[1, 3]).unwrap();
+    // (Through text both times: serde_json's float parsing is not exactly round-trip.)
+    let direct: serde_json::Value = serde_json::from_str(&serde_json::to_string_pretty(&direct).unwrap()).unwrap();
+    assert_eq!(direct, m, "batch size does not change the result");
+    let show = text(&p.run(&["show", "p.toml"]));
+    assert!(show.contains("evaluate") && show.contains("accuracy"), "{show}");
+
+    // Another model with other classes: a clear error.
+    model(&p, "other", &["a", "b", "c", "d", "e"]);
+    p.write("p.toml", &p.read("p.toml").replace("model = \"mymodel\"", "model = \"other\""));
+    let out = p.run(&["run", "p.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("the model's classes (a, b, c, d, e) differ from the dataset's (0, 1, 2, 3, 4)"), "{}", text(&out));
+}
