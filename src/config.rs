@@ -460,6 +460,15 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string the stage cannot do without: a missing key is reported with `example`.
+    pub fn required_str(&mut self, key: &str, example: &str) -> Option<(String, &'a Node)> {
+        let v = self.str(key);
+        if v.is_none() && self.table.get(key).is_none() {
+            self.missing(key, example);
+        }
+        v
+    }
+
     pub fn int(&mut self, key: &str) -> Option<(i64, &'a Node)> {
         let n = self.get(key)?;
         match &n.v {

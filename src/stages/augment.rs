@@ -170,10 +170,7 @@ impl StageKind for Augment {
             f.mark(&name);
             f.diags.push(Diag::error(format!("`{name}` is a TAO spec key taoflow does not take")).at(&span, "not supported").hint(h.to_string()));
         }
-        let dataset = f.str("dataset");
-        if dataset.is_none() && f.table.get("dataset").is_none() {
-            f.missing("dataset", "dataset = \"convert\" (a stage whose output is a dataset)");
-        }
+        let dataset = f.required_str("dataset", "dataset = \"convert\" (a stage whose output is a dataset)");
         let cpu_fallback = f.bool("cpu_fallback").map(|(b, _)| b).unwrap_or(false);
         let copies = f.uint("copies").map(|(v, _)| v as u32).unwrap_or(1);
         let keep_originals = f.bool("keep_originals").map(|(b, _)| b).unwrap_or(true);

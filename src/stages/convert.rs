@@ -92,10 +92,7 @@ impl StageKind for Convert {
                 None
             }
         };
-        let source = f.str("source");
-        if source.is_none() && f.table.get("source").is_none() {
-            f.missing("source", "source = \"data/images\"");
-        }
+        let source = f.required_str("source", "source = \"data/images\"");
         let classes = f.str_list("classes").map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
         let mut class_map = Vec::new();
         if let Some(t) = f.table("class_map") {

@@ -52,14 +52,8 @@ impl StageKind for Evaluate {
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {
         let before = f.diags.0.len();
-        let model = f.str("model");
-        if model.is_none() && f.table.get("model").is_none() {
-            f.missing("model", "model = \"train.model\"");
-        }
-        let dataset = f.str("dataset");
-        if dataset.is_none() && f.table.get("dataset").is_none() {
-            f.missing("dataset", "dataset = \"convert\"");
-        }
+        let model = f.required_str("model", "model = \"train.model\"");
+        let dataset = f.required_str("dataset", "dataset = \"convert\"");
         let split = f.str("split").map(|(s, _)| s).unwrap_or_else(|| "val".into());
         let batch_size = match f.uint("batch_size") {
             Some((0, n)) => {

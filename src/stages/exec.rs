@@ -50,10 +50,7 @@ impl StageKind for Exec {
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {
-        let cmd = f.str("cmd");
-        if cmd.is_none() && f.table.get("cmd").is_none() {
-            f.missing("cmd", "cmd = \"python train.py\"");
-        }
+        let cmd = f.required_str("cmd", "cmd = \"python train.py\"");
         let params = f.pval_table("params").map(|(m, _)| m).unwrap_or_default();
         let deps = f.str_list("deps").unwrap_or_default();
         let mut outputs: Vec<OutputDecl> = Vec::new();
