@@ -250,7 +250,7 @@ fn loader_streams_every_sample_once_shuffled_deterministically() {
     run_ok(&p);
     let ds = Dataset::open(&p.path("outputs/t/convert/dataset")).unwrap();
     let spec = InputSpec { width: 16, height: 16, channels: 3, mean: vec![0.5; 3], std: vec![0.25; 3] };
-    let opts = LoaderOptions { batch_size: 32, shuffle: true, seed: 1, epoch: 0, shuffle_buffer: 64, prefetch: 2, drop_last: false };
+    let opts = LoaderOptions { batch_size: 32, shuffle: true, seed: 1, epoch: 0, shuffle_buffer: 64, prefetch: 2, drop_last: false, augment: None };
     let keys = |o: &LoaderOptions| -> Vec<String> {
         let mut v = Vec::new();
         for b in ds.stream("train", &spec, o).unwrap() {
@@ -287,6 +287,16 @@ fn loader_streams_every_sample_once_shuffled_deterministically() {
         }
     }
     assert!(ds.stream("nope", &spec, &opts).is_err());
+    // Online flips/crops: the same samples, other pixels, reproducible per epoch.
+    let aug = LoaderOptions { augment: Some(taoflow::data::loader::OnlineAugment { hflip: true, crop_padding: 2 }), ..opts.clone() };
+    let plain: Vec<f32> = ds.stream("train", &spec, &LoaderOptions { shuffle: false, ..opts.clone() }).unwrap().flat_map(|b| b.unwrap().images).collect();
+    let a1: Vec<f32> = ds.stream("train", &spec, &LoaderOptions { shuffle: false, ..aug.clone() }).unwrap().flat_map(|b| b.unwrap().images).collect();
+    let a2: Vec<f32> = ds.stream("train", &spec, &LoaderOptions { shuffle: false, ..aug.clone() }).unwrap().flat_map(|b| b.unwrap().images).collect();
+    assert_eq!(a1.len(), plain.len());
+    assert_ne!(a1, plain);
+    assert_eq!(a1, a2);
+    let mem: Vec<f32> = ml.epoch(&LoaderOptions { shuffle: false, ..aug.clone() }).unwrap().iter().flat_map(|b| b.images.clone()).collect();
+    assert_eq!(mem, a1, "in-memory mode augments the same way");
 }
 
 /// Python's `webdataset` reads our shards and sees the same samples and labels.
