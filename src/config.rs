@@ -177,7 +177,8 @@ pub fn parse(path: &Path, dir: PathBuf, text: String, overrides: &[String]) -> R
     Ok(pipeline)
 }
 
-fn valid_name(s: &str) -> bool {
+/// Stage and artifact names: letters, digits, `_` and `-` (they appear in `stage.artifact`).
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 

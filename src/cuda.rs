@@ -115,8 +115,7 @@ fn pack(jobs: &[(&RgbImage, Draw, (u32, u32))]) -> Packed {
         p.params.extend(inv);
         let cm = color_matrix(d.hue, d.saturation);
         p.params.extend(cm.iter().flatten());
-        let identity = d.hue == 0.0 && d.saturation == 1.0 && d.contrast == 1.0 && d.brightness == 0.0;
-        p.params.extend([d.contrast, d.contrast_center, d.brightness, if identity { 1.0 } else { 0.0 }]);
+        p.params.extend([d.contrast, d.contrast_center, d.brightness, if d.color_is_identity() { 1.0 } else { 0.0 }]);
     }
     debug_assert_eq!(p.params.len(), jobs.len() * PARAMS_PER_IMAGE);
     p

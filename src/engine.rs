@@ -109,6 +109,13 @@ struct Done {
     key: Option<String>,
 }
 
+impl Done {
+    /// A stage that produced nothing usable downstream.
+    fn empty(status: Status) -> Done {
+        Done { status, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None }
+    }
+}
+
 struct Engine {
     p: Arc<Pipeline>,
     g: Arc<Graph>,
@@ -209,7 +216,7 @@ pub async fn run(
                         break d;
                     }
                     if rx.changed().await.is_err() {
-                        break Arc::new(Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+                        break Arc::new(Done::empty(Status::Failed));
                     }
                 };
                 upstream.insert(u, done);
@@ -296,7 +303,7 @@ impl Engine {
             Status::WouldRun => r.reasons.push(why),
             _ => r.error = Some(why),
         }
-        (r, Done { status, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None })
+        (r, Done::empty(status))
     }
 
     /// Start hashing the stage's external inputs that no stage writes into.
@@ -432,7 +439,7 @@ impl Engine {
             let mut rep = self.report(i, Status::WouldRun);
             rep.key = Some(key);
             rep.reasons = reasons;
-            return (rep, Done { status: Status::WouldRun, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+            return (rep, Done::empty(Status::WouldRun));
         }
         self.execute(i, fp, key, reasons, out_paths, input_paths).await
     }
@@ -629,12 +636,12 @@ impl Engine {
             Err(StageError::Interrupted) => {
                 rep.status = Status::Interrupted;
                 rep.error = Some("interrupted; nothing was stored".into());
-                return (rep, Done { status: Status::Interrupted, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+                return (rep, Done::empty(Status::Interrupted));
             }
             Err(StageError::Failed(msg)) => {
                 rep.status = Status::Failed;
                 rep.error = Some(msg);
-                return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+                return (rep, Done::empty(Status::Failed));
             }
             Ok(notes) => notes,
         };
@@ -642,7 +649,7 @@ impl Engine {
         if self.cancelled() {
             rep.status = Status::Interrupted;
             rep.error = Some("interrupted; nothing was stored".into());
-            return (rep, Done { status: Status::Interrupted, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+            return (rep, Done::empty(Status::Interrupted));
         }
         // Store the outputs, then the manifest: a manifest only ever names stored objects.
         let store = Arc::clone(&self.store);
@@ -674,7 +681,7 @@ impl Engine {
             Err(msg) => {
                 rep.status = Status::Failed;
                 rep.error = Some(msg);
-                return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+                return (rep, Done::empty(Status::Failed));
             }
         };
         let device = if ctx.gpus.is_empty() {
@@ -703,7 +710,7 @@ impl Engine {
         if let Err(e) = self.store.put_manifest(&manifest) {
             rep.status = Status::Failed;
             rep.error = Some(e.to_string());
-            return (rep, Done { status: Status::Failed, outputs: None, fingerprint: None, records: BTreeMap::new(), key: None });
+            return (rep, Done::empty(Status::Failed));
         }
         drop(lock);
         let done = self.done_from_manifest(Status::Ran, &manifest, fp, key, &out_paths);

@@ -125,6 +125,14 @@ pub struct Draw {
     pub blur_size: u32,
 }
 
+impl Draw {
+    /// Colour is left alone (the warp alone runs); the CPU path and the GPU kernel must
+    /// agree on this, or rounding of the YIQ round trip would differ.
+    pub fn color_is_identity(&self) -> bool {
+        self.hue == 0.0 && self.saturation == 1.0 && self.contrast == 1.0 && self.brightness == 0.0
+    }
+}
+
 impl AugmentSpec {
     /// Parameters for copy `copy` of sample `key`: a pure function of seed, key and copy.
     pub fn draw(&self, seed: u64, key: &str, copy: u32) -> Draw {
@@ -230,7 +238,7 @@ pub fn warp_color(src: &RgbImage, d: &Draw, out: (u32, u32)) -> RgbImage {
     let (sw, sh) = src.dimensions();
     let inv = forward_matrix(d, (sw, sh), out).invert().unwrap_or(Affine([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]));
     let cm = color_matrix(d.hue, d.saturation);
-    let identity_color = d.hue == 0.0 && d.saturation == 1.0 && d.contrast == 1.0 && d.brightness == 0.0;
+    let identity_color = d.color_is_identity();
     let (ow, oh) = out;
     let raw = src.as_raw();
     let mut buf = vec![0u8; (ow * oh * 3) as usize];

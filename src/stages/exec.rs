@@ -96,7 +96,7 @@ impl StageKind for Exec {
                     }
                     Ok(p) => {
                         let name = name.unwrap_or_else(|| default_out_name(&p));
-                        if !valid_artifact_name(&name) {
+                        if !crate::config::valid_name(&name) {
                             f.diags.push(
                                 Diag::error(format!("invalid output name `{name}` in stage `{stage}`"))
                                     .at(&name_span, "letters, digits, `_` and `-` only")
@@ -183,10 +183,6 @@ impl StageKind for Exec {
     fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
         Box::pin(async move { run(ctx).await.map(|()| Vec::new()) })
     }
-}
-
-fn valid_artifact_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// `data/train.csv` -> `train`; `model/` -> `model`.
