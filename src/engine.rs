@@ -81,6 +81,8 @@ pub trait Reporter: Send + Sync {
     fn waiting(&self, stage: &str, why: &str);
     fn finished(&self, report: &StageReport);
     fn warn(&self, msg: &str);
+    /// A running stage's progress: `done` of `total` units, and a short status line.
+    fn progress(&self, _stage: &str, _done: u64, _total: u64, _msg: &str) {}
 }
 
 #[derive(Debug, Clone)]
@@ -620,6 +622,12 @@ impl Engine {
             seed: self.p.seed,
             log: log.clone(),
             kernel_cache: self.store.root.join("kernels-v1"),
+            checkpoints: self.store.root.join("checkpoints-v1").join(&key),
+            progress: {
+                let reporter = Arc::clone(&self.reporter);
+                let stage = st.name.clone();
+                crate::stages::ProgressFn(Arc::new(move |done, total, msg: &str| reporter.progress(&stage, done, total, msg)))
+            },
             cancel: self.cancel.clone(),
         };
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

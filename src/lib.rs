@@ -19,6 +19,7 @@ pub mod hash;
 pub mod lockfile;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod stages;
 pub mod store;
 pub mod ui;

@@ -164,6 +164,26 @@ impl Reporter for Ui {
         self.line(&self.describe(r));
     }
 
+    fn progress(&self, stage: &str, done: u64, total: u64, msg: &str) {
+        if self.json {
+            return;
+        }
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pb) = bars.get(stage) {
+            if pb.length() != Some(total) {
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix} [{bar:24}] {pos}/{len} {msg} (ETA {eta})")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                pb.set_prefix(stage.to_string());
+                pb.set_length(total);
+            }
+            pb.set_position(done);
+            pb.set_message(msg.to_string());
+        }
+    }
+
     fn warn(&self, msg: &str) {
         self.line(&format!("{}: {msg}", self.paint("warning", "1;33")));
     }

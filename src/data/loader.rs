@@ -42,7 +42,7 @@ pub struct LoaderOptions {
 /// Training-time augmentation applied to the resized pixels, drawn per sample from the
 /// seed, the epoch and the key: a horizontal flip with probability 1/2 and a crop shifted
 /// by up to `crop_padding` pixels (zero fill), as in the usual CIFAR-style recipe.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OnlineAugment {
     pub hflip: bool,
     pub crop_padding: u32,

@@ -16,10 +16,25 @@ impl B {
     }
     #[allow(clippy::too_many_arguments)]
     fn conv(&mut self, name: &str, x: &str, cin: usize, cout: usize, k: usize, s: usize, p: usize, groups: usize, bias: bool) -> String {
-        self.add(name, Op::Conv2d { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s], padding: [p, p], groups, bias }, &[x])
+        self.add(name, Op::Conv2d { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s], padding: [p, p, p, p], groups, bias }, &[x])
     }
     fn bn(&mut self, name: &str, x: &str, c: usize) -> String {
         self.add(name, Op::BatchNorm { channels: c, eps: 1e-5 }, &[x])
+    }
+    /// TensorFlow's "same" padding for a square input of `size`: the output is
+    /// `ceil(size / stride)` and odd totals pad one more at the end. Returns the output size.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_same(&mut self, name: &str, x: &str, cin: usize, cout: usize, k: usize, s: usize, groups: usize, size: [usize; 2]) -> (String, [usize; 2]) {
+        let mut pads = [0; 4];
+        let mut out = [0; 2];
+        for d in 0..2 {
+            out[d] = size[d].div_ceil(s);
+            let total = ((out[d] - 1) * s + k).saturating_sub(size[d]);
+            pads[d] = total / 2;
+            pads[d + 2] = total - total / 2;
+        }
+        let n = self.add(name, Op::Conv2d { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [s, s], padding: pads, groups, bias: false }, &[x]);
+        (n, out)
     }
 }
 
@@ -73,6 +88,58 @@ pub fn mobilenet_v2(num_classes: usize, width_mult: f64, input: InputSpec, class
     let y = b.add("classifier.0", Op::Dropout { p: 0.2 }, &[&y]);
     let out = b.add("classifier.1", Op::Linear { in_features: last, out_features: num_classes, bias: true }, &[&y]);
     ModelGraph { version: 1, arch: format!("mobilenet_v2_w{width_mult}"), input, classes, layers: b.layers, output: out }
+}
+
+/// EfficientNet-Lite0 (the TF-Lite variant of EfficientNet-B0: ReLU6, no squeeze-excite,
+/// TF "same" padding, batch-norm eps 1e-3), named like the `efficientnet_lite0` PyTorch port
+/// (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`). `width_mult` scales channels as
+/// EfficientNet does (multiples of 8; the stem and head stay fixed as in Lite).
+pub fn efficientnet_lite0(num_classes: usize, width_mult: f64, input: InputSpec, classes: Vec<String>) -> ModelGraph {
+    let mut b = B { layers: Vec::new() };
+    // (repeats, kernel, stride, expand, in, out) of EfficientNet-B0.
+    let blocks: [(usize, usize, usize, usize, usize, usize); 7] = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)];
+    let f = |c: usize| make_divisible(c as f64 * width_mult, 8);
+    let bn = |b: &mut B, name: &str, x: &str, c: usize| b.add(name, Op::BatchNorm { channels: c, eps: 1e-3 }, &[x]);
+    let mut size = [input.height as usize, input.width as usize];
+    let stem = 32;
+    let (x, s) = b.conv_same("_conv_stem", "input", input.channels as usize, stem, 3, 2, 1, size);
+    size = s;
+    let x = bn(&mut b, "_bn0", &x, stem);
+    let mut x = b.add("_relu0", Op::Relu6, &[&x]);
+    let mut cin = stem;
+    let mut idx = 0;
+    for (bi, (repeats, k, stride, expand, _i, o)) in blocks.into_iter().enumerate() {
+        let cout = if bi == 0 { f(o).max(8) } else { f(o) };
+        for r in 0..repeats {
+            let s = if r == 0 { stride } else { 1 };
+            let p = format!("_blocks.{idx}");
+            let block_in = x.clone();
+            let hidden = cin * expand;
+            let mut y = x.clone();
+            if expand != 1 {
+                let (c, _) = b.conv_same(&format!("{p}._expand_conv"), &y, cin, hidden, 1, 1, 1, size);
+                y = bn(&mut b, &format!("{p}._bn0"), &c, hidden);
+                y = b.add(format!("{p}._relu0"), Op::Relu6, &[&y]);
+            }
+            let (c, out) = b.conv_same(&format!("{p}._depthwise_conv"), &y, hidden, hidden, k, s, hidden, size);
+            y = bn(&mut b, &format!("{p}._bn1"), &c, hidden);
+            y = b.add(format!("{p}._relu1"), Op::Relu6, &[&y]);
+            let (c, _) = b.conv_same(&format!("{p}._project_conv"), &y, hidden, cout, 1, 1, 1, out);
+            y = bn(&mut b, &format!("{p}._bn2"), &c, cout);
+            x = if s == 1 && cin == cout { b.add(format!("{p}._add"), Op::Add, &[&block_in, &y]) } else { y };
+            size = out;
+            cin = cout;
+            idx += 1;
+        }
+    }
+    let head = 1280;
+    let (y, _) = b.conv_same("_conv_head", &x, cin, head, 1, 1, 1, size);
+    let y = bn(&mut b, "_bn1", &y, head);
+    let y = b.add("_relu1", Op::Relu6, &[&y]);
+    let y = b.add("_avg_pooling", Op::GlobalAvgPool, &[&y]);
+    let y = b.add("_dropout", Op::Dropout { p: 0.2 }, &[&y]);
+    let out = b.add("_fc", Op::Linear { in_features: head, out_features: num_classes, bias: true }, &[&y]);
+    ModelGraph { version: 1, arch: format!("efficientnet_lite0_w{width_mult}"), input, classes, layers: b.layers, output: out }
 }
 
 /// ResNet-18/34 (basic blocks) and ResNet-50 (bottlenecks), torchvision layout.
@@ -149,7 +216,13 @@ mod tests {
             r.validate().unwrap();
             assert_eq!(r.param_count(), n, "resnet{d}");
         }
-        assert!(resnet(101, 10, 1.0, spec, vec![]).is_err());
+        assert!(resnet(101, 10, 1.0, spec.clone(), vec![]).is_err());
+        // EfficientNet-Lite0: 4,652,008 parameters (timm's efficientnet_lite0, 1000 classes);
+        // the state dict of the PyTorch port has 296 tensors incl. 49 num_batches_tracked.
+        let e = efficientnet_lite0(1000, 1.0, spec, vec![]);
+        e.validate().unwrap();
+        assert_eq!(e.param_count(), 4_652_008);
+        assert_eq!(e.weights().len(), 296 - 49);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::data::image_io::InputSpec;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    Conv2d { in_channels: usize, out_channels: usize, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], groups: usize, bias: bool },
+    /// `padding` is `[top, left, bottom, right]` (ONNX's `pads` order), so TF-style "same"
+    /// padding of stride-2 layers (more at the end) is exact.
+    Conv2d { in_channels: usize, out_channels: usize, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4], groups: usize, bias: bool },
     BatchNorm { channels: usize, eps: f64 },
     Relu,
     Relu6,

@@ -3,6 +3,9 @@
 
 pub mod artifact;
 pub mod builders;
+pub mod conv;
 pub mod graph;
 pub mod import;
 pub mod net;
+pub mod optim;
+pub mod train;

@@ -14,7 +14,7 @@ use super::graph::{ModelGraph, Op};
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Conv(usize),
+    Conv { idx: usize, stride: [usize; 2], padding: [usize; 4], groups: usize },
     Bn(usize),
     Linear(usize),
     Relu,
@@ -40,6 +40,8 @@ pub struct Plan {
     conv_names: Vec<String>,
     bn_names: Vec<String>,
     linear_names: Vec<String>,
+    /// Batch norms that use their running statistics even in training (frozen blocks).
+    bn_frozen: Vec<bool>,
 }
 
 #[derive(Module, Debug)]
@@ -57,6 +59,17 @@ enum Val<B: Backend> {
     T2(Tensor<B, 2>),
 }
 
+/// One batch norm's statistics over a training batch.
+#[derive(Debug, Clone)]
+pub struct BnStats<B: Backend> {
+    pub index: usize,
+    pub mean: Tensor<B, 1>,
+    /// Biased (population) variance.
+    pub var: Tensor<B, 1>,
+    /// Values per channel the statistics were taken over.
+    pub count: usize,
+}
+
 /// A weight read from a file: shape and f32 values (row-major, contiguous).
 #[derive(Debug, Clone)]
 pub struct WeightData {
@@ -71,24 +84,25 @@ impl<B: Backend> GraphNet<B> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         index.insert("input", 0);
         let (mut convs, mut bns, mut linears) = (Vec::new(), Vec::new(), Vec::new());
-        let mut plan = Plan { steps: Vec::new(), output: 0, conv_names: Vec::new(), bn_names: Vec::new(), linear_names: Vec::new() };
+        let mut plan = Plan { steps: Vec::new(), output: 0, conv_names: Vec::new(), bn_names: Vec::new(), linear_names: Vec::new(), bn_frozen: Vec::new() };
         for (i, l) in g.layers.iter().enumerate() {
             let inputs = l.inputs.iter().map(|n| index[n.as_str()]).collect();
             let kind = match &l.op {
                 Op::Conv2d { in_channels, out_channels, kernel, stride, padding, groups, bias } => {
                     let c = Conv2dConfig::new([*in_channels, *out_channels], *kernel)
                         .with_stride(*stride)
-                        .with_padding(PaddingConfig2d::Explicit(padding[0], padding[1], padding[0], padding[1]))
+                        .with_padding(PaddingConfig2d::Explicit(padding[0], padding[1], padding[2], padding[3]))
                         .with_groups(*groups)
                         .with_bias(*bias)
                         .init(device);
                     convs.push(c);
                     plan.conv_names.push(l.name.clone());
-                    Kind::Conv(convs.len() - 1)
+                    Kind::Conv { idx: convs.len() - 1, stride: *stride, padding: *padding, groups: *groups }
                 }
                 Op::BatchNorm { channels, eps } => {
                     bns.push(BatchNormConfig::new(*channels).with_epsilon(*eps).init(device));
                     plan.bn_names.push(l.name.clone());
+                    plan.bn_frozen.push(false);
                     Kind::Bn(bns.len() - 1)
                 }
                 Op::Linear { in_features, out_features, bias } => {
@@ -110,51 +124,50 @@ impl<B: Backend> GraphNet<B> {
         Ok(GraphNet { convs, bns, linears, plan })
     }
 
-    /// Run the graph: `[N, C, H, W]` images in, `[N, classes]` logits out.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut vals: Vec<Option<Val<B>>> = vec![None; self.plan.steps.len() + 1];
-        vals[0] = Some(Val::T4(x));
-        for (i, s) in self.plan.steps.iter().enumerate() {
-            let get = |k: usize| vals[s.inputs[k]].clone().expect("inputs come first");
-            let v = match (&s.kind, get(0)) {
-                (Kind::Conv(c), Val::T4(t)) => Val::T4(self.convs[*c].forward(t)),
-                (Kind::Bn(b), Val::T4(t)) => Val::T4(self.bns[*b].forward(t)),
-                (Kind::Bn(b), Val::T2(t)) => Val::T2(self.bns[*b].forward(t)),
-                (Kind::Linear(l), Val::T2(t)) => Val::T2(self.linears[*l].forward(t)),
-                (Kind::Relu, Val::T4(t)) => Val::T4(burn::tensor::activation::relu(t)),
-                (Kind::Relu, Val::T2(t)) => Val::T2(burn::tensor::activation::relu(t)),
-                (Kind::Relu6, Val::T4(t)) => Val::T4(t.clamp(0.0, 6.0)),
-                (Kind::Relu6, Val::T2(t)) => Val::T2(t.clamp(0.0, 6.0)),
-                (Kind::MaxPool { kernel, stride, padding }, Val::T4(t)) => Val::T4(burn::tensor::module::max_pool2d(t, *kernel, *stride, *padding, [1, 1], false)),
-                (Kind::GlobalAvgPool, Val::T4(t)) => {
-                    let [n, c, _, _] = t.dims();
-                    Val::T2(burn::tensor::module::adaptive_avg_pool2d(t, [1, 1]).reshape([n, c]))
-                }
-                (Kind::Dropout(p), Val::T2(t)) => Val::T2(DropoutConfig::new(*p).init().forward(t)),
-                (Kind::Dropout(p), Val::T4(t)) => Val::T4(DropoutConfig::new(*p).init().forward(t)),
-                (Kind::Add, first) => {
-                    let mut acc = first;
-                    for k in 1..s.inputs.len() {
-                        acc = match (acc, get(k)) {
-                            (Val::T4(a), Val::T4(b)) => Val::T4(a + b),
-                            (Val::T2(a), Val::T2(b)) => Val::T2(a + b),
-                            _ => panic!("add of tensors of different ranks (checked by validate)"),
-                        };
-                    }
-                    acc
-                }
-                (k, _) => panic!("op {k:?} on a tensor of the wrong rank (the graph was not validated)"),
-            };
-            vals[i + 1] = Some(v);
-        }
-        match vals[self.plan.output].take() {
-            Some(Val::T2(t)) => t,
-            Some(Val::T4(t)) => {
-                let [n, c, h, w] = t.dims();
-                t.reshape([n, c * h * w])
+    /// Batch norm with its running statistics (what a frozen block does while training).
+    fn bn_inference(&self, b: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let bn = &self.bns[b];
+        let c = bn.gamma.dims()[0];
+        let var = bn.running_var.value();
+        let mean = bn.running_mean.value();
+        let scale = bn.gamma.val() / (var + bn.epsilon).sqrt();
+        let shift = bn.beta.val() - mean * scale.clone();
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+
+    /// Names of the layers with weights, in the order `for_each_param` visits them.
+    pub fn layer_names(&self) -> impl Iterator<Item = &str> {
+        self.plan.conv_names.iter().chain(&self.plan.bn_names).chain(&self.plan.linear_names).map(|s| s.as_str())
+    }
+
+    /// Freeze the layers for which `frozen(name)` holds: their weights get no gradient
+    /// and their batch norms use running statistics. Returns how many layers were frozen.
+    pub fn freeze(mut self, frozen: &dyn Fn(&str) -> bool) -> (Self, usize) {
+        let mut n = 0;
+        let plan = self.plan.clone();
+        for (c, name) in self.convs.iter_mut().zip(&plan.conv_names) {
+            if frozen(name) {
+                c.weight = c.weight.clone().set_require_grad(false);
+                c.bias = c.bias.take().map(|b| b.set_require_grad(false));
+                n += 1;
             }
-            None => unreachable!("the output is computed"),
         }
+        for (i, (b, name)) in self.bns.iter_mut().zip(&plan.bn_names).enumerate() {
+            if frozen(name) {
+                b.gamma = b.gamma.clone().set_require_grad(false);
+                b.beta = b.beta.clone().set_require_grad(false);
+                self.plan.bn_frozen[i] = true;
+                n += 1;
+            }
+        }
+        for (l, name) in self.linears.iter_mut().zip(&plan.linear_names) {
+            if frozen(name) {
+                l.weight = l.weight.clone().set_require_grad(false);
+                l.bias = l.bias.take().map(|b| b.set_require_grad(false));
+                n += 1;
+            }
+        }
+        (self, n)
     }
 
     /// Set weights by name (torchvision layout: Linear weights are `[out, in]`).
@@ -215,6 +228,33 @@ impl<B: Backend> GraphNet<B> {
         Ok((self, missing))
     }
 
+    /// Every trainable weight: torchvision name, whether it is a conv/linear kernel (what
+    /// weight decay and L1 act on), and its values as a flat tensor.
+    pub fn trainable(&self) -> Vec<(String, bool, Tensor<B, 1>)> {
+        fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+            let n = t.dims().iter().product::<usize>();
+            t.reshape([n])
+        }
+        let mut out = Vec::new();
+        for (c, name) in self.convs.iter().zip(&self.plan.conv_names) {
+            out.push((format!("{name}.weight"), true, flat(c.weight.val())));
+            if let Some(b) = &c.bias {
+                out.push((format!("{name}.bias"), false, flat(b.val())));
+            }
+        }
+        for (b, name) in self.bns.iter().zip(&self.plan.bn_names) {
+            out.push((format!("{name}.weight"), false, flat(b.gamma.val())));
+            out.push((format!("{name}.bias"), false, flat(b.beta.val())));
+        }
+        for (l, name) in self.linears.iter().zip(&self.plan.linear_names) {
+            out.push((format!("{name}.weight"), true, flat(l.weight.val())));
+            if let Some(b) = &l.bias {
+                out.push((format!("{name}.bias"), false, flat(b.val())));
+            }
+        }
+        out
+    }
+
     /// Every weight by torchvision name (Linear back to `[out, in]`), as f32.
     pub fn export_weights(&self) -> Result<Vec<(String, WeightData)>, String> {
         fn data<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<WeightData, String> {
@@ -242,5 +282,214 @@ impl<B: Backend> GraphNet<B> {
             }
         }
         Ok(out)
+    }
+}
+
+impl<B: super::conv::ConvBackend> GraphNet<B> {
+    /// Run the graph: `[N, C, H, W]` images in, `[N, classes]` logits out.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.run(x, None)
+    }
+
+    /// Training forward pass: batch norms normalise with the batch's statistics (except
+    /// frozen ones) and push `(index, mean, biased variance, count)` to `stats`, from which
+    /// the caller updates the running statistics once per step.
+    pub fn forward_train(&self, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Tensor<B, 2> {
+        self.run(x, Some(stats))
+    }
+
+    fn bn_train(&self, b: usize, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Tensor<B, 4> {
+        let bn = &self.bns[b];
+        let [n, c, h, w] = x.dims();
+        let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
+        let centered = x - mean.clone();
+        let var = centered.clone().powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
+        stats.push(BnStats { index: b, mean: mean.clone().reshape([c]).detach(), var: var.clone().reshape([c]).detach(), count: n * h * w });
+        let inv = (var + bn.epsilon).sqrt().recip();
+        centered * inv * bn.gamma.val().reshape([1, c, 1, 1]) + bn.beta.val().reshape([1, c, 1, 1])
+    }
+
+    fn run(&self, x: Tensor<B, 4>, mut stats: Option<&mut Vec<BnStats<B>>>) -> Tensor<B, 2> {
+        let mut vals: Vec<Option<Val<B>>> = vec![None; self.plan.steps.len() + 1];
+        vals[0] = Some(Val::T4(x));
+        for (i, s) in self.plan.steps.iter().enumerate() {
+            let get = |k: usize| vals[s.inputs[k]].clone().expect("inputs come first");
+            let v = match (&s.kind, get(0)) {
+                (Kind::Conv { idx, stride, padding, groups }, Val::T4(t)) => {
+                    let c = &self.convs[*idx];
+                    let y = super::conv::conv2d(t, c.weight.val(), *stride, *padding, *groups);
+                    Val::T4(match &c.bias {
+                        Some(b) => {
+                            let n = b.dims()[0];
+                            y + b.val().reshape([1, n, 1, 1])
+                        }
+                        None => y,
+                    })
+                }
+                (Kind::Bn(b), Val::T4(t)) => match stats.as_deref_mut() {
+                    Some(st) if !self.plan.bn_frozen[*b] => Val::T4(self.bn_train(*b, t, st)),
+                    _ => Val::T4(self.bn_inference(*b, t)),
+                },
+                (Kind::Bn(b), Val::T2(t)) => {
+                    let [n, c] = t.dims();
+                    let y = match stats.as_deref_mut() {
+                        Some(st) if !self.plan.bn_frozen[*b] => self.bn_train(*b, t.reshape([n, c, 1, 1]), st),
+                        _ => self.bn_inference(*b, t.reshape([n, c, 1, 1])),
+                    };
+                    Val::T2(y.reshape([n, c]))
+                }
+                (Kind::Linear(l), Val::T2(t)) => Val::T2(self.linears[*l].forward(t)),
+                (Kind::Relu, Val::T4(t)) => Val::T4(burn::tensor::activation::relu(t)),
+                (Kind::Relu, Val::T2(t)) => Val::T2(burn::tensor::activation::relu(t)),
+                (Kind::Relu6, Val::T4(t)) => Val::T4(t.clamp(0.0, 6.0)),
+                (Kind::Relu6, Val::T2(t)) => Val::T2(t.clamp(0.0, 6.0)),
+                (Kind::MaxPool { kernel, stride, padding }, Val::T4(t)) => Val::T4(burn::tensor::module::max_pool2d(t, *kernel, *stride, *padding, [1, 1], false)),
+                (Kind::GlobalAvgPool, Val::T4(t)) => {
+                    let [n, c, _, _] = t.dims();
+                    Val::T2(burn::tensor::module::adaptive_avg_pool2d(t, [1, 1]).reshape([n, c]))
+                }
+                (Kind::Dropout(p), Val::T2(t)) => Val::T2(DropoutConfig::new(*p).init().forward(t)),
+                (Kind::Dropout(p), Val::T4(t)) => Val::T4(DropoutConfig::new(*p).init().forward(t)),
+                (Kind::Add, first) => {
+                    let mut acc = first;
+                    for k in 1..s.inputs.len() {
+                        acc = match (acc, get(k)) {
+                            (Val::T4(a), Val::T4(b)) => Val::T4(a + b),
+                            (Val::T2(a), Val::T2(b)) => Val::T2(a + b),
+                            _ => panic!("add of tensors of different ranks (checked by validate)"),
+                        };
+                    }
+                    acc
+                }
+                (k, _) => panic!("op {k:?} on a tensor of the wrong rank (the graph was not validated)"),
+            };
+            vals[i + 1] = Some(v);
+        }
+        match vals[self.plan.output].take() {
+            Some(Val::T2(t)) => t,
+            Some(Val::T4(t)) => {
+                let [n, c, h, w] = t.dims();
+                t.reshape([n, c * h * w])
+            }
+            None => unreachable!("the output is computed"),
+        }
+    }
+
+}
+
+/// `f(name, is_kernel, weight, gradient) -> new weight`, on flat tensors of the inner backend.
+pub type UpdateFn<'a, B> = dyn FnMut(&str, bool, Tensor<B, 1>, Tensor<B, 1>) -> Tensor<B, 1> + 'a;
+
+fn update_param<B: burn::tensor::backend::AutodiffBackend, const D: usize>(
+    p: Param<Tensor<B, D>>,
+    name: String,
+    kernel: bool,
+    grads: &HashMap<String, Tensor<B::InnerBackend, 1>>,
+    f: &mut UpdateFn<'_, B::InnerBackend>,
+) -> Param<Tensor<B, D>> {
+    let Some(g) = grads.get(&name) else { return p };
+    p.map(|t| {
+        let dims = t.dims();
+        let n = dims.iter().product::<usize>();
+        let w = f(&name, kernel, t.inner().reshape([n]), g.clone());
+        Tensor::from_inner(w.reshape(dims)).require_grad()
+    })
+}
+
+/// The same values as a new autodiff leaf (its own graph), keeping `require_grad`.
+fn detach_param<B: burn::tensor::backend::AutodiffBackend, const D: usize>(p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+    p.map(|t| {
+        let rg = t.is_require_grad();
+        let n = Tensor::from_inner(t.inner());
+        if rg { n.require_grad() } else { n }
+    })
+}
+
+fn grad_of<B: burn::tensor::backend::AutodiffBackend, const D: usize>(p: &Param<Tensor<B, D>>, name: String, grads: &B::Gradients, out: &mut Vec<(String, Tensor<B::InnerBackend, 1>)>) {
+    if let Some(g) = p.val().grad(grads) {
+        let n = g.dims().iter().product::<usize>();
+        out.push((name, g.reshape([n])));
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> GraphNet<B> {
+    /// A copy whose parameters are fresh autodiff leaves, so that several threads can each
+    /// run a forward and backward pass on their own graph.
+    pub fn detached(&self) -> Self {
+        let mut c = self.clone();
+        for conv in c.convs.iter_mut() {
+            conv.weight = detach_param(conv.weight.clone());
+            conv.bias = conv.bias.take().map(detach_param);
+        }
+        for bn in c.bns.iter_mut() {
+            bn.gamma = detach_param(bn.gamma.clone());
+            bn.beta = detach_param(bn.beta.clone());
+        }
+        for l in c.linears.iter_mut() {
+            l.weight = detach_param(l.weight.clone());
+            l.bias = l.bias.take().map(detach_param);
+        }
+        c
+    }
+
+    /// The gradients of this network's parameters, flat, by weight name.
+    pub fn gradients(&self, grads: &B::Gradients) -> Vec<(String, Tensor<B::InnerBackend, 1>)> {
+        let mut out = Vec::new();
+        for (c, name) in self.convs.iter().zip(&self.plan.conv_names) {
+            grad_of(&c.weight, format!("{name}.weight"), grads, &mut out);
+            if let Some(b) = &c.bias {
+                grad_of(b, format!("{name}.bias"), grads, &mut out);
+            }
+        }
+        for (b, name) in self.bns.iter().zip(&self.plan.bn_names) {
+            grad_of(&b.gamma, format!("{name}.weight"), grads, &mut out);
+            grad_of(&b.beta, format!("{name}.bias"), grads, &mut out);
+        }
+        for (l, name) in self.linears.iter().zip(&self.plan.linear_names) {
+            grad_of(&l.weight, format!("{name}.weight"), grads, &mut out);
+            if let Some(b) = &l.bias {
+                grad_of(b, format!("{name}.bias"), grads, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Replace every parameter that has a gradient in `grads` with `f`'s result.
+    pub fn update(mut self, grads: &HashMap<String, Tensor<B::InnerBackend, 1>>, f: &mut UpdateFn<'_, B::InnerBackend>) -> Self {
+        let plan = self.plan.clone();
+        for (c, name) in self.convs.iter_mut().zip(&plan.conv_names) {
+            c.weight = update_param(c.weight.clone(), format!("{name}.weight"), true, grads, f);
+            c.bias = c.bias.take().map(|b| update_param(b, format!("{name}.bias"), false, grads, f));
+        }
+        for (b, name) in self.bns.iter_mut().zip(&plan.bn_names) {
+            b.gamma = update_param(b.gamma.clone(), format!("{name}.weight"), false, grads, f);
+            b.beta = update_param(b.beta.clone(), format!("{name}.bias"), false, grads, f);
+        }
+        for (l, name) in self.linears.iter_mut().zip(&plan.linear_names) {
+            l.weight = update_param(l.weight.clone(), format!("{name}.weight"), true, grads, f);
+            l.bias = l.bias.take().map(|b| update_param(b, format!("{name}.bias"), false, grads, f));
+        }
+        self
+    }
+
+    /// Move running statistics towards a step's batch statistics (PyTorch's rule: momentum
+    /// 0.1, unbiased variance), averaging over the chunks that saw the same batch norm.
+    pub fn update_running_stats(&mut self, stats: &[BnStats<B::InnerBackend>], momentum: f64) {
+        let mut by: HashMap<usize, Vec<&BnStats<B::InnerBackend>>> = HashMap::new();
+        for s in stats {
+            by.entry(s.index).or_default().push(s);
+        }
+        for (idx, v) in by {
+            let total: usize = v.iter().map(|s| s.count).sum();
+            let mean = v.iter().map(|s| s.mean.clone() * (s.count as f64 / total as f64)).reduce(|a, b| a + b).expect("non-empty");
+            // Pooled variance: within-chunk plus between-chunk spread.
+            let var = v.iter().map(|s| (s.var.clone() + (s.mean.clone() - mean.clone()).powi_scalar(2)) * (s.count as f64 / total as f64)).reduce(|a, b| a + b).expect("non-empty");
+            let unbiased = if total > 1 { var * (total as f64 / (total as f64 - 1.0)) } else { var };
+            let bn = &mut self.bns[idx];
+            let rm = bn.running_mean.value().inner() * (1.0 - momentum) + mean * momentum;
+            let rv = bn.running_var.value().inner() * (1.0 - momentum) + unbiased * momentum;
+            bn.running_mean = RunningState::new(Tensor::from_inner(rm));
+            bn.running_var = RunningState::new(Tensor::from_inner(rv));
+        }
     }
 }

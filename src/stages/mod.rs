@@ -21,6 +21,7 @@ pub mod augment;
 pub mod convert;
 pub mod evaluate;
 pub mod exec;
+pub mod train;
 
 /// One kind of stage (`exec`, and later `convert`, `train`, …).
 pub trait StageKind: Send + Sync + fmt::Debug + 'static {
@@ -98,8 +99,29 @@ pub struct RunCtx {
     pub log: PathBuf,
     /// Where compiled GPU kernels (PTX) are cached, in the store.
     pub kernel_cache: PathBuf,
+    /// A folder private to this stage key for checkpoints: it survives a killed run, so the
+    /// next run of the same key resumes from it. The stage removes it when it succeeds.
+    pub checkpoints: PathBuf,
+    /// Report progress (`done` of `total`, a status line) to the user.
+    pub progress: ProgressFn,
     /// Becomes `true` when the run is cancelled (Ctrl-C).
     pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A progress callback (`done`, `total`, status line).
+#[derive(Clone)]
+pub struct ProgressFn(pub Arc<dyn Fn(u64, u64, &str) + Send + Sync>);
+
+impl fmt::Debug for ProgressFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProgressFn")
+    }
+}
+
+impl ProgressFn {
+    pub fn none() -> Self {
+        ProgressFn(Arc::new(|_, _, _| {}))
+    }
 }
 
 #[derive(Debug)]
@@ -121,10 +143,12 @@ static EXEC: exec::Exec = exec::Exec;
 static CONVERT: convert::Convert = convert::Convert;
 static AUGMENT: augment::Augment = augment::Augment;
 static EVALUATE: evaluate::Evaluate = evaluate::Evaluate;
+static TRAIN: train::Train = train::Train { retrain: false };
+static RETRAIN: train::Train = train::Train { retrain: true };
 
 /// Every kind this build offers.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    static KINDS: [&dyn StageKind; 4] = [&EXEC, &CONVERT, &AUGMENT, &EVALUATE];
+    static KINDS: [&dyn StageKind; 6] = [&EXEC, &CONVERT, &AUGMENT, &TRAIN, &RETRAIN, &EVALUATE];
     &KINDS
 }
 
@@ -141,7 +165,7 @@ pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::pa
 }
 
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &[ "train", "prune", "retrain", "quantize", "export"];
+pub const PLANNED: &[&str] = &["prune", "quantize", "export"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)

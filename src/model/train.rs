@@ -1,0 +1,447 @@
+//! The training loop over a layer graph, generic over Burn's autodiff backends: batches from
+//! the loader, cross-entropy with label smoothing, our optimizers and schedules, validation,
+//! checkpoints that a later run resumes from, and a per-epoch history.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::conv::ConvBackend;
+use super::graph::ModelGraph;
+use super::net::{BnStats, GraphNet, WeightData};
+use super::optim::{OptimConfig, Optimizer, Schedule};
+use crate::data::loader::{Batch, Dataset, LoaderOptions, OnlineAugment};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub optim: OptimConfig,
+    pub label_smoothing: f64,
+    pub augment: Option<OnlineAugment>,
+    pub train_split: String,
+    /// Validation split, evaluated every `val_every` epochs and after the last one.
+    pub val_split: Option<String>,
+    pub val_every: usize,
+    /// Write a checkpoint every N epochs (0: never).
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Where a run is, for a progress bar.
+pub struct Progress<'a> {
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Batches done over the whole run, and in all.
+    pub done: u64,
+    pub total: u64,
+    pub message: &'a str,
+}
+
+#[derive(Debug)]
+pub enum TrainError {
+    Failed(String),
+    Interrupted,
+}
+
+impl From<String> for TrainError {
+    fn from(s: String) -> Self {
+        TrainError::Failed(s)
+    }
+}
+
+pub struct Outcome<B: Backend> {
+    pub net: GraphNet<B>,
+    pub history: Vec<EpochRecord>,
+    /// The epoch a checkpoint let this run start from (0: from the start).
+    pub resumed_from: usize,
+    pub steps: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    version: u32,
+    epochs_done: usize,
+    steps: u64,
+    history: Vec<EpochRecord>,
+}
+
+/// Batches of one epoch: decoded once and kept in memory for small splits, streamed for
+/// large ones.
+enum Source {
+    Memory(crate::data::loader::MemoryLoader),
+    Stream,
+}
+
+/// Keep a split in memory when its decoded tensors take less than this.
+const IN_MEMORY_BYTES: usize = 3 << 30;
+
+fn batches<'a>(ds: &'a Dataset, src: &'a Source, split: &str, graph: &ModelGraph, opts: &LoaderOptions) -> Result<Box<dyn Iterator<Item = Result<Batch, String>> + 'a>, String> {
+    match src {
+        Source::Memory(m) => Ok(Box::new(m.epoch(opts).map_err(|e| e.to_string())?.into_iter().map(Ok))),
+        Source::Stream => Ok(Box::new(ds.stream(split, &graph.input, opts).map_err(|e| e.to_string())?.map(|b| b.map_err(|e| e.to_string())))),
+    }
+}
+
+fn source(ds: &Dataset, split: &str, graph: &ModelGraph) -> Result<Source, String> {
+    if ds.len(split) * graph.input.len() < IN_MEMORY_BYTES {
+        Ok(Source::Memory(ds.in_memory(split, &graph.input).map_err(|e| e.to_string())?))
+    } else {
+        Ok(Source::Stream)
+    }
+}
+
+/// Smoothed one-hot targets: `1 - eps` on the label, `eps / K` spread over all classes.
+pub fn smoothed_targets(labels: &[u32], classes: usize, eps: f64) -> Vec<f32> {
+    let mut t = vec![(eps / classes as f64) as f32; labels.len() * classes];
+    for (i, l) in labels.iter().enumerate() {
+        t[i * classes + *l as usize] += (1.0 - eps) as f32;
+    }
+    t
+}
+
+fn argmax_hits(logits: &[f32], labels: &[u32], classes: usize) -> usize {
+    logits
+        .chunks(classes)
+        .zip(labels)
+        .filter(|(row, l)| {
+            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (i, v)| if *v > acc.1 { (i, *v) } else { acc }).0;
+            best == **l as usize
+        })
+        .count()
+}
+
+fn to_input<B: Backend>(b: &Batch, graph: &ModelGraph, device: &B::Device) -> Tensor<B, 4> {
+    let s = &graph.input;
+    Tensor::from_data(TensorData::new(b.images.clone(), [b.len, s.channels as usize, s.height as usize, s.width as usize]), device)
+}
+
+/// Mean cross-entropy (with smoothing) and correct predictions of a validation split.
+fn validate<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, ds: &Dataset, src: &Source, split: &str, batch_size: usize, device: &B::Device) -> Result<(f64, f64), String> {
+    let classes = graph.classes.len();
+    let opts = LoaderOptions { batch_size, shuffle: false, ..Default::default() };
+    let (mut loss, mut hits, mut n) = (0.0f64, 0usize, 0usize);
+    for b in batches(ds, src, split, graph, &opts)? {
+        let b = b?;
+        let logits = net.forward(to_input::<B>(&b, graph, device));
+        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+        let t: Tensor<B, 2> = Tensor::from_data(TensorData::new(smoothed_targets(&b.labels, classes, 0.0), [b.len, classes]), device);
+        let l: f32 = (logp * t).sum().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?[0];
+        loss -= l as f64;
+        let v = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        hits += argmax_hits(&v, &b.labels, classes);
+        n += b.len;
+    }
+    if n == 0 {
+        return Err(format!("the `{split}` split is empty"));
+    }
+    Ok((loss / n as f64, hits as f64 / n as f64))
+}
+
+/// Forward and backward of one batch, split into up to `workers` chunks that run on their
+/// own threads (NdArray runs most ops of small tensors on one core). Returns the batch's
+/// mean loss, its correct predictions and each chunk's gradients, whose sum is the
+/// gradient of the mean loss. Batch norms see per-chunk statistics, as in data-parallel
+/// training without synchronised batch norm.
+#[allow(clippy::too_many_arguments)]
+fn step_parallel<B: AutodiffBackend + ConvBackend>(
+    net: &GraphNet<B>,
+    b: &Batch,
+    graph: &ModelGraph,
+    classes: usize,
+    smoothing: f64,
+    workers: usize,
+    device: &B::Device,
+) -> Result<StepResult<B>, String> {
+    let per = graph.input.len();
+    let k = workers.min(b.len / 8).max(1);
+    let chunk = b.len.div_ceil(k);
+    let s = &graph.input;
+    let run = |local: GraphNet<B>, lo: usize, hi: usize| -> Result<ChunkResult<B>, String> {
+        let n = hi - lo;
+        let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(b.images[lo * per..hi * per].to_vec(), [n, s.channels as usize, s.height as usize, s.width as usize]), device);
+        let mut stats = Vec::new();
+        let logits = local.forward_train(x, &mut stats);
+        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+        let t: Tensor<B, 2> = Tensor::from_data(TensorData::new(smoothed_targets(&b.labels[lo..hi], classes, smoothing), [n, classes]), device);
+        let loss = (logp * t).sum().neg() / b.len as f64;
+        let l = loss.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
+        let v = logits.inner().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let hits = argmax_hits(&v, &b.labels[lo..hi], classes);
+        let grads = loss.backward();
+        let stats = stats.into_iter().map(|st| BnStats { index: st.index, mean: st.mean.inner(), var: st.var.inner(), count: st.count }).collect();
+        Ok((l, hits, local.gradients(&grads), stats))
+    };
+    let ranges: Vec<(usize, usize)> = (0..k).map(|i| (i * chunk, ((i + 1) * chunk).min(b.len))).filter(|(lo, hi)| lo < hi).collect();
+    let parts: Vec<Result<ChunkResult<B>, String>> = if ranges.len() == 1 {
+        vec![run(net.clone(), 0, b.len)]
+    } else {
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = ranges.iter().map(|&(lo, hi)| {
+                let local = net.detached();
+                sc.spawn(move || run(local, lo, hi))
+            }).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a training thread panicked".into()))).collect()
+        })
+    };
+    let (mut loss, mut hits) = (0.0, 0);
+    let mut grads: HashMap<String, Tensor<B::InnerBackend, 1>> = HashMap::new();
+    let mut all_stats = Vec::new();
+    for p in parts {
+        let (l, h, g, st) = p?;
+        loss += l;
+        hits += h;
+        for (name, t) in g {
+            match grads.remove(&name) {
+                Some(acc) => grads.insert(name, acc + t),
+                None => grads.insert(name, t),
+            };
+        }
+        all_stats.extend(st);
+    }
+    Ok((loss, hits, grads, all_stats))
+}
+
+type ChunkResult<B> = (f64, usize, Vec<(String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>)>, Vec<BnStats<<B as AutodiffBackend>::InnerBackend>>);
+type StepResult<B> = (f64, usize, HashMap<String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>, Vec<BnStats<<B as AutodiffBackend>::InnerBackend>>);
+
+/// Write named tensors as safetensors (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, WeightData)>, meta: &[(&str, &str)]) -> Result<(), String> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.into_iter().map(|(n, w)| (n, w.shape, w.data.iter().flat_map(|f| f.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, shape, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map(|v| (n.clone(), v)).map_err(|e| format!("{e:?}")))
+        .collect::<Result<_, _>>()?;
+    let meta = Some(meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    let out = safetensors::serialize(views, &meta).map_err(|e| format!("cannot encode tensors: {e:?}"))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+}
+
+/// The newest complete checkpoint in `dir` (`epoch-NNNN` folders with a `state.json`).
+fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n: usize = name.strip_prefix("epoch-")?.parse().ok()?;
+            e.path().join("state.json").is_file().then(|| (n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+}
+
+fn save_checkpoint<B: AutodiffBackend>(dir: &Path, net: &GraphNet<B>, opt: &Optimizer<B::InnerBackend>, state: &CheckpointState) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    let final_dir = dir.join(format!("epoch-{:04}", state.epochs_done));
+    let tmp = tempfile::Builder::new().prefix(".ckpt-").tempdir_in(dir).map_err(|e| format!("cannot write a checkpoint in `{}`: {e}", dir.display()))?;
+    write_safetensors(&tmp.path().join("weights.safetensors"), net.export_weights()?, &[])?;
+    write_safetensors(&tmp.path().join("optimizer.safetensors"), opt.export_state()?, &[])?;
+    let j = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    std::fs::write(tmp.path().join("state.json"), j).map_err(|e| format!("cannot write a checkpoint: {e}"))?;
+    let kept = tmp.keep();
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&kept, &final_dir).map_err(|e| format!("cannot move the checkpoint into place: {e}"))?;
+    // Older checkpoints are superseded.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if (name.starts_with("epoch-") && e.path() != final_dir) || name.starts_with(".ckpt-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Train `net` on `ds`. `ckpt_dir` holds checkpoints for this exact stage key: when it has
+/// one, training continues from it. `cancelled` is polled between batches.
+#[allow(clippy::too_many_arguments)]
+pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
+    graph: &ModelGraph,
+    mut net: GraphNet<B>,
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    ckpt_dir: Option<&Path>,
+    device: &B::Device,
+    progress: &dyn Fn(Progress<'_>),
+    cancelled: &dyn Fn() -> bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<Outcome<B::InnerBackend>, TrainError> {
+    let classes = graph.classes.len();
+    if classes == 0 {
+        return Err(TrainError::Failed("the model has no class names".into()));
+    }
+    let n_train = ds.len(&cfg.train_split);
+    if n_train == 0 {
+        return Err(TrainError::Failed(format!("the dataset's `{}` split is empty; nothing to train on", cfg.train_split)));
+    }
+    let train_src = source(ds, &cfg.train_split, graph)?;
+    let val_src = match &cfg.val_split {
+        Some(s) => Some(source(ds, s, graph)?),
+        None => None,
+    };
+    let drop_last = n_train > cfg.batch_size;
+    let per_epoch = if drop_last { n_train / cfg.batch_size } else { 1 } as u64;
+    let total = per_epoch * cfg.epochs as u64;
+
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let mut opt = Optimizer::<B::InnerBackend>::new(cfg.optim.clone());
+    let mut history = Vec::new();
+    let mut start = 0;
+    if let Some((done, path)) = ckpt_dir.and_then(latest_checkpoint) {
+        let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| format!("cannot read checkpoint: {e}"))?;
+        let st: CheckpointState = serde_json::from_str(&text).map_err(|e| format!("checkpoint `{}` is damaged: {e}", path.display()))?;
+        let w = super::import::read_weights(&path.join("weights.safetensors"))?;
+        let (n, missing) = net.load_weights(&w, device)?;
+        if !missing.is_empty() {
+            return Err(TrainError::Failed(format!("checkpoint `{}` lacks weights: {}", path.display(), missing.join(", "))));
+        }
+        net = n;
+        let os = super::import::read_weights(&path.join("optimizer.safetensors"))?;
+        opt.import_state(st.steps, &os, device)?;
+        history = st.history;
+        start = done.min(cfg.epochs);
+        log(&format!("resuming from the checkpoint after epoch {done} ({})", path.display()));
+    }
+
+    for epoch in start..cfg.epochs {
+        // Dropout and other randomness: a function of (seed, epoch), so a resumed run draws
+        // what the uninterrupted one would have.
+        B::seed(device, cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let t0 = Instant::now();
+        let opts = LoaderOptions { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, epoch: epoch as u64, drop_last, augment: cfg.augment, ..Default::default() };
+        let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = cfg.lr;
+        for (bi, b) in batches(ds, &train_src, &cfg.train_split, graph, &opts)?.enumerate() {
+            if cancelled() {
+                return Err(TrainError::Interrupted);
+            }
+            let b = b?;
+            let done = epoch as u64 * per_epoch + bi as u64;
+            lr = cfg.schedule.lr(cfg.lr, done as f64 / total.max(1) as f64, epoch, cfg.epochs);
+            let (l, h, grads, stats) = step_parallel(&net, &b, graph, classes, cfg.label_smoothing, workers, device)?;
+            if !l.is_finite() {
+                return Err(TrainError::Failed(format!(
+                    "the loss became {l} in epoch {} batch {} (learning rate {lr:.3e})\n  = hint: lower `lr`, or use a schedule with a soft start",
+                    epoch + 1,
+                    bi + 1
+                )));
+            }
+            hits += h;
+            opt.begin_step();
+            net = net.update(&grads, &mut |name, kernel, w, g| opt.step(name, kernel, w, g, lr));
+            net.update_running_stats(&stats, 0.1);
+            loss_sum += l * b.len as f64;
+            seen += b.len;
+            let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            progress(Progress {
+                epoch: epoch + 1,
+                epochs: cfg.epochs,
+                done: done + 1,
+                total,
+                message: &format!("epoch {}/{} loss {:.4} acc {:.3} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen as f64, hits as f64 / seen as f64, rate),
+            });
+        }
+        if seen == 0 {
+            return Err(TrainError::Failed("an epoch produced no batches".into()));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let last = epoch + 1 == cfg.epochs;
+        let (val_loss, val_accuracy) = match (&cfg.val_split, &val_src) {
+            (Some(split), Some(src)) if last || (epoch + 1) % cfg.val_every.max(1) == 0 => {
+                let (l, a) = validate(&net.valid(), graph, ds, src, split, cfg.batch_size.max(64), device)?;
+                (Some(l), Some(a))
+            }
+            _ => (None, None),
+        };
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: hits as f64 / seen as f64,
+            val_loss,
+            val_accuracy,
+            seconds: secs,
+            images_per_second: seen as f64 / secs.max(1e-9),
+        };
+        log(&format!(
+            "epoch {}/{}: lr {:.3e}, train loss {:.4}, train acc {:.4}{}, {:.1}s ({:.0} img/s)",
+            rec.epoch,
+            cfg.epochs,
+            rec.lr,
+            rec.train_loss,
+            rec.train_accuracy,
+            match (rec.val_loss, rec.val_accuracy) {
+                (Some(l), Some(a)) => format!(", val loss {l:.4}, val acc {a:.4}"),
+                _ => String::new(),
+            },
+            rec.seconds,
+            rec.images_per_second
+        ));
+        history.push(rec);
+        if let Some(dir) = ckpt_dir
+            && cfg.checkpoint_every > 0
+            && ((epoch + 1) % cfg.checkpoint_every == 0)
+            && !last
+        {
+            let st = CheckpointState { version: 1, epochs_done: epoch + 1, steps: opt.steps, history: history.clone() };
+            save_checkpoint(dir, &net, &opt, &st)?;
+        }
+    }
+    Ok(Outcome { net: net.valid(), history, resumed_from: start, steps: opt.steps })
+}
+
+/// Drop the weights of `graph`'s layers whose shapes differ from the file's: the new head
+/// when the number of classes changes. Only the layers in `replaceable` may be dropped.
+pub fn drop_mismatched(graph: &ModelGraph, w: &mut HashMap<String, WeightData>, replaceable: &[String]) -> Result<Vec<String>, String> {
+    let shapes = graph.weights();
+    let mut dropped = Vec::new();
+    for (name, shape) in &shapes {
+        let Some(d) = w.get(name) else { continue };
+        if &d.shape != shape {
+            let layer = name.rsplit_once('.').map(|(l, _)| l).unwrap_or(name);
+            if replaceable.iter().any(|r| r == layer) {
+                w.remove(name);
+                if !dropped.contains(&layer.to_string()) {
+                    dropped.push(layer.to_string());
+                }
+            } else {
+                return Err(format!("pretrained weight `{name}` has shape {:?}, the model needs {shape:?}\n  = hint: check `arch` and `width` against the weights file", d.shape));
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_sums_to_one() {
+        let t = smoothed_targets(&[2, 0], 4, 0.1);
+        assert!((t[..4].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((t[2] - 0.925).abs() < 1e-6 && (t[0] - 0.025).abs() < 1e-6);
+        assert_eq!(argmax_hits(&[0.0, 1.0, 0.5, 2.0, 0.0, 1.0], &[1, 1], 3), 1);
+    }
+}

@@ -1,0 +1,532 @@
+//! `train` (and `retrain`): fine-tune a pretrained network, or train one from scratch, on a
+//! dataset artifact; the result is a model artifact with its training history.
+//!
+//! ```toml
+//! [stages.train]
+//! kind = "train"
+//! dataset = "convert"                      # a dataset artifact
+//! arch = "mobilenet_v2"                    # mobilenet_v2 | resnet18 | resnet34 | resnet50 | efficientnet_lite0
+//! pretrained = "weights/mobilenet_v2.pth"  # .pth/.pt/.safetensors, or a model artifact; omit for scratch
+//! input_size = 64                          # or [height, width]
+//! epochs = 5
+//! batch_size = 32
+//! optimizer = "sgd"                        # sgd | adam | adamw
+//! lr = 0.01
+//! schedule = "cosine"                      # constant | step | cosine | soft_start_annealing
+//! freeze_blocks = [0, 1]
+//! ```
+//!
+//! `retrain` is the same stage that starts from a model artifact (`init = "prune.model"`)
+//! and keeps its structure.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use burn::backend::{Autodiff, NdArray};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Fields;
+use crate::data::image_io::InputSpec;
+use crate::data::loader::{Dataset, OnlineAugment};
+use crate::diag::Diag;
+use crate::model::graph::{ModelGraph, Op};
+use crate::model::optim::{OptimConfig, OptimKind, Schedule};
+use crate::model::train::{EpochRecord, TrainConfig, TrainError};
+use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
+use crate::value::{Float, PVal};
+
+#[derive(Debug)]
+pub struct Train {
+    /// `retrain`: starts from a model artifact (`init`), never from an architecture name.
+    pub retrain: bool,
+}
+
+pub const ARCHS: &[&str] = &["mobilenet_v2", "resnet18", "resnet34", "resnet50", "efficientnet_lite0"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelSpec {
+    arch: Option<String>,
+    width: f64,
+    input_size: Option<[u32; 2]>,
+    freeze_blocks: Vec<usize>,
+    freeze_layers: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    model: ModelSpec,
+    cfg: TrainConfig,
+    val_explicit: bool,
+}
+
+const KEYS: &[&str] = &[
+    "dataset", "arch", "width", "pretrained", "init", "input_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "l1",
+    "schedule", "min_lr", "warmup_epochs", "step_epochs", "gamma", "soft_start", "annealing_start", "label_smoothing", "hflip", "crop_padding", "freeze_blocks", "freeze_layers",
+    "train_split", "val_split", "val_every", "checkpoint_every",
+];
+
+/// A JSON value as a canonical parameter (floats stay floats).
+fn pv(v: serde_json::Value) -> PVal {
+    match v {
+        serde_json::Value::Null => PVal::Str("none".into()),
+        serde_json::Value::Bool(b) => PVal::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) if !n.is_f64() => PVal::Int(i),
+            _ => PVal::Float(Float(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        serde_json::Value::String(s) => PVal::Str(s),
+        serde_json::Value::Array(a) => PVal::Array(a.into_iter().map(pv).collect()),
+        serde_json::Value::Object(o) => PVal::Table(o.into_iter().map(|(k, v)| (k, pv(v))).collect()),
+    }
+}
+
+impl StageKind for Train {
+    fn name(&self) -> &'static str {
+        if self.retrain { "retrain" } else { "train" }
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        KEYS
+    }
+
+    fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {
+        let before = f.diags.0.len();
+        let dataset = f.required_str("dataset", "dataset = \"convert\"");
+        let arch = f.str("arch");
+        let pretrained = f.str("pretrained");
+        let init = if self.retrain { f.required_str("init", "init = \"prune.model\"") } else { f.str("init") };
+        if let Some((a, n)) = &arch {
+            if self.retrain {
+                f.diags.push(Diag::error("`retrain` keeps the structure of its `init` model; it takes no `arch`").at(&n.span, "not used by retrain").hint("remove `arch`"));
+            } else if !ARCHS.contains(&a.as_str()) {
+                let hint = match crate::diag::did_you_mean(a, ARCHS.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("choose one of {}", ARCHS.join(", ")),
+                };
+                f.diags.push(Diag::error(format!("unknown architecture `{a}`")).at(&n.span, "unknown").hint(hint));
+            }
+        }
+        if let (Some((_, pn)), Some(_)) = (&pretrained, &init) {
+            f.diags.push(Diag::error("`pretrained` and `init` exclude each other").at(&pn.span, "remove one").hint("`init` continues from a model artifact with its structure; `pretrained` loads weights into `arch`"));
+        }
+        if arch.is_none() && init.is_none() && !self.retrain {
+            f.missing("arch", "arch = \"mobilenet_v2\" (or init = \"other.model\")");
+        }
+        let width = match f.float("width") {
+            Some((w, n)) if !(w > 0.0 && w <= 4.0) => {
+                f.diags.push(Diag::error("`width` must be in (0, 4]").at(&n.span, "out of range"));
+                1.0
+            }
+            Some((w, _)) => w,
+            None => 1.0,
+        };
+        let input_size = match f.get("input_size") {
+            None => None,
+            Some(n) => match &n.v {
+                crate::value::V::Int(i) if (8..=4096).contains(i) => Some([*i as u32, *i as u32]),
+                crate::value::V::Array(a) if a.len() == 2 => {
+                    let v: Vec<u32> = a.iter().filter_map(|x| if let crate::value::V::Int(i) = x.v { (8..=4096).contains(&i).then_some(i as u32) } else { None }).collect();
+                    if v.len() == 2 {
+                        Some([v[0], v[1]])
+                    } else {
+                        f.diags.push(Diag::error("`input_size` must be 8..4096 pixels").at(&n.span, "invalid"));
+                        None
+                    }
+                }
+                _ => {
+                    f.diags.push(crate::config::type_error("`input_size`", "a size in pixels (8..4096) or [height, width]", n));
+                    None
+                }
+            },
+        };
+        let pos = |f: &mut Fields<'_>, key: &str, default: usize| match f.uint(key) {
+            Some((0, n)) => {
+                f.diags.push(Diag::error(format!("`{key}` must be positive")).at(&n.span, "zero"));
+                default
+            }
+            Some((v, _)) => v as usize,
+            None => default,
+        };
+        let epochs = pos(f, "epochs", 10);
+        let batch_size = pos(f, "batch_size", 32);
+        let val_every = pos(f, "val_every", 1);
+        let checkpoint_every = f.uint("checkpoint_every").map(|(v, _)| v as usize).unwrap_or(1);
+        let unit = |f: &mut Fields<'_>, key: &str, default: f64, lo: f64, hi: f64| match f.float(key) {
+            Some((v, n)) if !(v >= lo && v <= hi) => {
+                f.diags.push(Diag::error(format!("`{key}` must be between {lo} and {hi}")).at(&n.span, "out of range"));
+                default
+            }
+            Some((v, _)) => v,
+            None => default,
+        };
+        let optimizer = f.str("optimizer");
+        let opt_name = optimizer.as_ref().map(|(s, _)| s.as_str()).unwrap_or("sgd").to_string();
+        let (beta1, beta2) = (unit(f, "beta1", 0.9, 0.0, 0.999_999), unit(f, "beta2", 0.999, 0.0, 0.999_999_9));
+        let eps = unit(f, "eps", 1e-8, 0.0, 1.0);
+        let momentum = unit(f, "momentum", 0.9, 0.0, 0.999_999);
+        let nesterov = f.bool("nesterov").map(|(b, _)| b).unwrap_or(false);
+        let kind = match opt_name.as_str() {
+            "sgd" => OptimKind::Sgd { momentum, nesterov },
+            "adam" => OptimKind::Adam { beta1, beta2, eps },
+            "adamw" => OptimKind::AdamW { beta1, beta2, eps },
+            other => {
+                if let Some((_, n)) = &optimizer {
+                    f.diags.push(Diag::error(format!("unknown optimizer `{other}`")).at(&n.span, "unknown").hint("choose sgd, adam or adamw"));
+                }
+                OptimKind::Sgd { momentum, nesterov }
+            }
+        };
+        let default_lr = if opt_name == "sgd" { 0.01 } else { 1e-3 };
+        let lr = unit(f, "lr", default_lr, 1e-12, 10.0);
+        let weight_decay = unit(f, "weight_decay", if opt_name == "adamw" { 0.01 } else { 0.0 }, 0.0, 1.0);
+        let l1 = unit(f, "l1", 0.0, 0.0, 1.0);
+        let schedule_name = f.str("schedule");
+        let min_lr = unit(f, "min_lr", 0.0, 0.0, 10.0);
+        let warmup_epochs = unit(f, "warmup_epochs", 0.0, 0.0, 1e6);
+        let step_epochs = f.uint("step_epochs").map(|(v, _)| v as usize).unwrap_or(epochs.div_ceil(3).max(1));
+        let gamma = unit(f, "gamma", 0.1, 0.0, 1.0);
+        let soft_start = unit(f, "soft_start", 0.1, 0.0, 1.0);
+        let annealing_start = unit(f, "annealing_start", 0.7, 0.0, 1.0);
+        let schedule = match schedule_name.as_ref().map(|(s, _)| s.as_str()).unwrap_or("cosine") {
+            "constant" => Schedule::Constant,
+            "step" => Schedule::Step { step_epochs: step_epochs.max(1), gamma },
+            "cosine" => Schedule::Cosine { min_lr, warmup_epochs },
+            "soft_start_annealing" => {
+                let min = if min_lr > 0.0 { min_lr } else { lr * 1e-3 };
+                if soft_start > annealing_start {
+                    f.diags.push(Diag::error("`soft_start` must not come after `annealing_start`").hint("e.g. soft_start = 0.1, annealing_start = 0.7"));
+                }
+                Schedule::SoftStartAnnealing { min_lr: min, soft_start, annealing_start }
+            }
+            other => {
+                if let Some((_, n)) = &schedule_name {
+                    f.diags.push(Diag::error(format!("unknown schedule `{other}`")).at(&n.span, "unknown").hint("choose constant, step, cosine or soft_start_annealing"));
+                }
+                Schedule::Constant
+            }
+        };
+        let label_smoothing = unit(f, "label_smoothing", 0.0, 0.0, 0.999);
+        let hflip = f.bool("hflip").map(|(b, _)| b).unwrap_or(false);
+        let crop_padding = f.uint("crop_padding").map(|(v, _)| v as u32).unwrap_or(0);
+        let augment = (hflip || crop_padding > 0).then_some(OnlineAugment { hflip, crop_padding });
+        let mut freeze_blocks = Vec::new();
+        if let Some(n) = f.get("freeze_blocks") {
+            match &n.v {
+                crate::value::V::Array(a) => {
+                    for x in a {
+                        match x.v {
+                            crate::value::V::Int(i) if i >= 0 => freeze_blocks.push(i as usize),
+                            _ => f.diags.push(crate::config::type_error("each entry of `freeze_blocks`", "a block number (0, 1, …)", x)),
+                        }
+                    }
+                }
+                _ => f.diags.push(crate::config::type_error("`freeze_blocks`", "an array of block numbers", n)),
+            }
+        }
+        freeze_blocks.sort();
+        freeze_blocks.dedup();
+        let freeze_layers: Vec<String> = f.str_list("freeze_layers").unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+        let train_split = f.str("train_split").map(|(s, _)| s).unwrap_or_else(|| "train".into());
+        let val = f.str("val_split");
+        let val_explicit = val.is_some();
+        let val_split = match val {
+            Some((s, _)) if s.is_empty() || s == "none" => None,
+            Some((s, _)) => Some(s),
+            None => Some("val".into()),
+        };
+        if f.diags.0.len() > before {
+            return None;
+        }
+        let (dataset, dnode) = dataset?;
+        let model = ModelSpec { arch: arch.map(|(a, _)| a), width, input_size, freeze_blocks, freeze_layers };
+        let cfg = TrainConfig {
+            epochs,
+            batch_size,
+            lr,
+            schedule,
+            optim: OptimConfig { kind, weight_decay, l1 },
+            label_smoothing,
+            augment,
+            train_split,
+            val_split,
+            val_every,
+            checkpoint_every,
+            seed: 0,
+        };
+        let mut params = BTreeMap::new();
+        params.insert("model".into(), pv(serde_json::to_value(&model).expect("serialises")));
+        params.insert("training".into(), pv(serde_json::to_value(&cfg).expect("serialises")));
+        let mut inputs = vec![InputDecl { label: "dataset".into(), raw: dataset, span: dnode.span.clone() }];
+        if let Some((p, n)) = pretrained {
+            inputs.push(InputDecl { label: "pretrained".into(), raw: p, span: n.span.clone() });
+        }
+        if let Some((p, n)) = init {
+            inputs.push(InputDecl { label: "init".into(), raw: p, span: n.span.clone() });
+        }
+        Some(StageDef {
+            params,
+            inputs,
+            outputs: vec![OutputDecl { name: "model".into(), path: PathBuf::from("outputs").join(stage).join("model"), span: dnode.span.clone(), owned: true }],
+            metrics: Some("model".into()),
+            gpus: 0,
+            description: None,
+            typed: Arc::new(Parsed { model, cfg, val_explicit }),
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
+        Box::pin(async move {
+            let p = ctx.def.typed.downcast_ref::<Parsed>().ok_or_else(|| StageError::Failed("internal: train stage data missing".into()))?;
+            let mut cfg = p.cfg.clone();
+            cfg.seed = ctx.seed as u64;
+            let model = p.model.clone();
+            let val_explicit = p.val_explicit;
+            let dataset = ctx.inputs["dataset"].clone();
+            let pretrained = ctx.inputs.get("pretrained").cloned();
+            let init = ctx.inputs.get("init").cloned();
+            let out = ctx.outputs["model"].clone();
+            let ckpt = ctx.checkpoints.clone();
+            let log_path = ctx.log.clone();
+            let progress = ctx.progress.clone();
+            let cancel = ctx.cancel.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
+                let mut logf = |s: &str| {
+                    if let Some(l) = log.as_mut() {
+                        let _ = writeln!(l, "{s}");
+                    }
+                };
+                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, cfg, val_explicit, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
+                if r.is_ok() {
+                    let _ = std::fs::remove_dir_all(&ckpt);
+                }
+                r
+            })
+            .await
+            .map_err(|e| StageError::Failed(format!("training crashed: {e}")))?
+        })
+    }
+}
+
+/// The block a layer belongs to, for `freeze_blocks`: the stem is block 0, then each
+/// stage of the backbone (`features.N` of MobileNetV2, `layerN` of ResNet, `_blocks.N` of
+/// EfficientNet-Lite counted from 1). Heads belong to no block.
+pub fn block_of(layer: &str) -> Option<usize> {
+    let mut parts = layer.split('.');
+    let first = parts.next()?;
+    match first {
+        "features" => parts.next()?.parse().ok(),
+        "conv1" | "bn1" | "_conv_stem" | "_bn0" | "_relu0" => Some(0),
+        "_blocks" => parts.next()?.parse::<usize>().ok().map(|n| n + 1),
+        _ => first.strip_prefix("layer").and_then(|n| n.parse().ok()),
+    }
+}
+
+/// Build the graph a stage trains: from `init` (a model artifact), or `arch` with the
+/// dataset's classes.
+fn build_graph(spec: &ModelSpec, classes: &[String], input_default: u32) -> Result<ModelGraph, String> {
+    let [h, w] = spec.input_size.unwrap_or([input_default, input_default]);
+    let input = InputSpec::imagenet(w, h);
+    let n = classes.len();
+    let c = classes.to_vec();
+    match spec.arch.as_deref() {
+        Some("mobilenet_v2") => Ok(crate::model::builders::mobilenet_v2(n, spec.width, input, c)),
+        Some("resnet18") => crate::model::builders::resnet(18, n, spec.width, input, c),
+        Some("resnet34") => crate::model::builders::resnet(34, n, spec.width, input, c),
+        Some("resnet50") => crate::model::builders::resnet(50, n, spec.width, input, c),
+        Some("efficientnet_lite0") => Ok(crate::model::builders::efficientnet_lite0(n, spec.width, input, c)),
+        Some(other) => Err(format!("unknown architecture `{other}`")),
+        None => Err("no architecture given".into()),
+    }
+}
+
+/// The linear layers that produce the output: replaced when the class count changes.
+fn head_layers(g: &ModelGraph) -> Vec<String> {
+    g.layers.iter().filter(|l| l.name == g.output && matches!(l.op, Op::Linear { .. })).map(|l| l.name.clone()).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_training(
+    dataset: &Path,
+    pretrained: Option<&Path>,
+    init: Option<&Path>,
+    spec: &ModelSpec,
+    cfg: TrainConfig,
+    val_explicit: bool,
+    ckpt: &Path,
+    out: &Path,
+    progress: &crate::stages::ProgressFn,
+    cancelled: &dyn Fn() -> bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<String>, StageError> {
+    type B = Autodiff<NdArray<f32>>;
+    let device = Default::default();
+    let fail = StageError::Failed;
+    let ds = Dataset::open(dataset).map_err(|e| fail(e.to_string()))?;
+    if ds.manifest.task != "classification" {
+        return Err(fail(format!("`train` handles classification datasets for now; this one is `{}`", ds.manifest.task)));
+    }
+    let classes = ds.manifest.classes.clone();
+    let mut cfg = cfg;
+    let mut notes = Vec::new();
+    if !ds.manifest.splits.contains_key(&cfg.train_split) {
+        return Err(fail(format!("the dataset has no `{}` split (it has {})\n  = hint: set `train_split`", cfg.train_split, ds.manifest.splits.keys().cloned().collect::<Vec<_>>().join(", "))));
+    }
+    if let Some(v) = &cfg.val_split
+        && !ds.manifest.splits.contains_key(v)
+    {
+        if val_explicit {
+            return Err(fail(format!("the dataset has no `{v}` split for validation (it has {})", ds.manifest.splits.keys().cloned().collect::<Vec<_>>().join(", "))));
+        }
+        notes.push(format!("no `{v}` split: no validation"));
+        cfg.val_split = None;
+    }
+
+    // The graph and its starting weights.
+    <B as burn::tensor::backend::Backend>::seed(&device, cfg.seed);
+    let (graph, weights) = match init {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("model.json")).map_err(|e| fail(format!("`init`: cannot read `{}` (is it a model artifact?): {e}", dir.join("model.json").display())))?;
+            let mut g: ModelGraph = serde_json::from_str(&text).map_err(|e| fail(format!("`init`: `{}` is not a model graph: {e}", dir.join("model.json").display())))?;
+            if let Some([h, w]) = spec.input_size {
+                g.input.height = h;
+                g.input.width = w;
+            }
+            let w = crate::model::import::read_weights(&dir.join("weights.safetensors")).map_err(fail)?;
+            let old_classes = g.classes.len();
+            if g.classes != classes {
+                // New head: resize the output linear layer.
+                for l in g.layers.iter_mut() {
+                    if l.name == g.output
+                        && let Op::Linear { out_features, .. } = &mut l.op
+                    {
+                        *out_features = classes.len();
+                    }
+                }
+                if old_classes != classes.len() {
+                    notes.push(format!("new head for {} classes (the init model had {old_classes})", classes.len()));
+                }
+                g.classes = classes.clone();
+            }
+            (g, Some(w))
+        }
+        None => {
+            let g = build_graph(spec, &classes, 224).map_err(fail)?;
+            let w = match pretrained {
+                Some(p) => {
+                    let file = if p.is_dir() { p.join("weights.safetensors") } else { p.to_path_buf() };
+                    Some(crate::model::import::read_weights(&file).map_err(fail)?)
+                }
+                None => None,
+            };
+            (g, w)
+        }
+    };
+    graph.validate().map_err(fail)?;
+    let mut net = crate::model::net::GraphNet::<B>::new(&graph, &device).map_err(fail)?;
+    if let Some(mut w) = weights {
+        let dropped = crate::model::train::drop_mismatched(&graph, &mut w, &head_layers(&graph)).map_err(fail)?;
+        let (n, missing) = net.load_weights(&w, &device).map_err(fail)?;
+        let missing: Vec<String> = missing.into_iter().filter(|m| !dropped.iter().any(|d| m.starts_with(&format!("{d}.")))).collect();
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
+            return Err(fail(format!(
+                "the starting weights lack {} of the model's tensors: {}{}\n  = hint: check that `arch` matches the weights (names follow torchvision)",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            )));
+        }
+        net = n;
+        if !dropped.is_empty() && init.is_none() {
+            notes.push(format!("new head `{}` for {} classes", dropped.join("`, `"), classes.len()));
+        }
+    }
+    let frozen = |name: &str| block_of(name).is_some_and(|b| spec.freeze_blocks.contains(&b)) || spec.freeze_layers.iter().any(|p| name == p || name.starts_with(&format!("{p}.")));
+    let (net, n_frozen) = net.freeze(&frozen);
+    if !spec.freeze_blocks.is_empty() || !spec.freeze_layers.is_empty() {
+        if n_frozen == 0 {
+            return Err(fail(format!("`freeze_blocks`/`freeze_layers` froze no layer of `{}`", graph.arch)));
+        }
+        notes.push(format!("{n_frozen} layers frozen"));
+    }
+
+    let total_progress = progress.clone();
+    let prog = move |p: crate::model::train::Progress<'_>| (total_progress.0)(p.done, p.total, p.message);
+    let outcome = match crate::model::train::train::<B>(&graph, net, &ds, &cfg, Some(ckpt), &device, &prog, cancelled, log) {
+        Ok(o) => o,
+        Err(TrainError::Interrupted) => return Err(StageError::Interrupted),
+        Err(TrainError::Failed(m)) => return Err(fail(m)),
+    };
+    if outcome.resumed_from > 0 {
+        notes.push(format!("resumed from the checkpoint after epoch {}", outcome.resumed_from));
+    }
+    let last = outcome.history.last().cloned();
+    let history = outcome.history.clone();
+    let params = graph.param_count();
+    crate::stages::write_dir_atomically(out, |tmp| {
+        crate::model::artifact::save(tmp, &graph, &outcome.net).map_err(fail)?;
+        let summary = serde_json::json!({
+            "arch": graph.arch,
+            "parameters": params,
+            "classes": graph.classes,
+            "input": graph.input,
+            "epochs": cfg.epochs,
+            "steps": outcome.steps,
+            "resumed_from_epoch": outcome.resumed_from,
+            "train_loss": last.as_ref().map(|r| r.train_loss),
+            "train_accuracy": last.as_ref().map(|r| r.train_accuracy),
+            "val_loss": last.as_ref().and_then(|r| r.val_loss),
+            "val_accuracy": last.as_ref().and_then(|r| r.val_accuracy),
+            "history": history,
+        });
+        let mut j = serde_json::to_vec_pretty(&summary).expect("serialises");
+        j.push(b'\n');
+        std::fs::write(tmp.join("metrics.json"), j).map_err(|e| fail(format!("cannot write metrics.json: {e}")))?;
+        std::fs::write(tmp.join("history.csv"), history_csv(&history)).map_err(|e| fail(format!("cannot write history.csv: {e}")))?;
+        crate::plot::training_curves(&history, &tmp.join("curves.png")).map_err(fail)?;
+        Ok(())
+    })?;
+    if let Some(r) = last {
+        let mut s = format!("{} ({} parameters), {} epochs: train loss {:.4}, train acc {:.4}", graph.arch, params, cfg.epochs, r.train_loss, r.train_accuracy);
+        if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
+            s.push_str(&format!(", val loss {l:.4}, val acc {a:.4}"));
+        }
+        s.push_str(&format!(" ({:.0} img/s)", r.images_per_second));
+        notes.insert(0, s);
+    }
+    Ok(notes)
+}
+
+fn history_csv(h: &[EpochRecord]) -> String {
+    let mut s = String::from("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,images_per_second\n");
+    let o = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
+    for r in h {
+        s.push_str(&format!("{},{},{},{},{},{},{},{}\n", r.epoch, r.lr, r.train_loss, r.train_accuracy, o(r.val_loss), o(r.val_accuracy), r.seconds, r.images_per_second));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks() {
+        assert_eq!(block_of("features.0.0"), Some(0));
+        assert_eq!(block_of("features.17.conv.1.0"), Some(17));
+        assert_eq!(block_of("conv1"), Some(0));
+        assert_eq!(block_of("layer3.1.conv2"), Some(3));
+        assert_eq!(block_of("_blocks.0._depthwise_conv"), Some(1));
+        assert_eq!(block_of("_conv_stem"), Some(0));
+        assert_eq!(block_of("_fc"), None);
+        assert_eq!(block_of("fc"), None);
+        assert_eq!(block_of("classifier.1"), None);
+    }
+}
