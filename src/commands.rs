@@ -496,9 +496,23 @@ fn gc(store: &Store, keep_days: f64, dry_run: bool) -> i32 {
             }
         }
     }
+    // Checkpoints of interrupted training runs: kept as long as manifests (`--keep-days`),
+    // so that a run started again soon resumes; a finished run removes its own.
+    let mut checkpoints = 0usize;
+    if let Ok(rd) = std::fs::read_dir(store.root.join("checkpoints-v1")) {
+        for e in rd.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|d| d > keep_for);
+            if old {
+                checkpoints += 1;
+                if !dry_run {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
-        "gc: {verb} {removed} object(s) ({:.1} MB) and {removed_manifests} manifest(s); kept {kept_manifests} manifest(s), {} object(s)",
+        "gc: {verb} {removed} object(s) ({:.1} MB), {removed_manifests} manifest(s) and {checkpoints} stale training checkpoint(s); kept {kept_manifests} manifest(s), {} object(s)",
         bytes as f64 / 1e6,
         reachable.len()
     );

@@ -17,6 +17,9 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, WeightData>, String> 
 }
 
 fn read_pytorch(path: &Path) -> Result<HashMap<String, WeightData>, String> {
+    // Strides, which burn-store ignores (see `pickle.rs`); a file our small pickle reader
+    // cannot follow is read as burn-store reads it.
+    let layouts = super::pickle::layouts(path).unwrap_or_default();
     let r = burn_store::pytorch::PytorchReader::new(path).map_err(|e| format!("`{}` is not a PyTorch checkpoint burn-store can read: {e}", path.display()))?;
     let mut out = HashMap::new();
     for (name, snap) in r.tensors() {
@@ -26,7 +29,13 @@ fn read_pytorch(path: &Path) -> Result<HashMap<String, WeightData>, String> {
         }
         let shape = data.shape.to_vec();
         let data = data.convert::<f32>();
-        let values = data.to_vec::<f32>().map_err(|e| format!("`{}`: tensor `{name}`: {e:?}", path.display()))?;
+        let mut values = data.to_vec::<f32>().map_err(|e| format!("`{}`: tensor `{name}`: {e:?}", path.display()))?;
+        if let Some(l) = layouts.get(name.as_str())
+            && !l.is_contiguous()
+            && l.shape == shape
+        {
+            values = super::pickle::reorder(&values, l).map_err(|e| format!("`{}`: tensor `{name}`: {e}", path.display()))?;
+        }
         out.insert(name.clone(), WeightData { shape, data: values });
     }
     Ok(out)

@@ -8,4 +8,6 @@ pub mod graph;
 pub mod import;
 pub mod net;
 pub mod optim;
+pub mod pickle;
+pub mod prune;
 pub mod train;

@@ -121,6 +121,23 @@ impl<B: Backend> GraphNet<B> {
             index.insert(&l.name, i + 1);
         }
         plan.output = index[g.output.as_str()];
+        // Burn initialises parameters lazily, on first use: force it now, in layer order,
+        // so the random draws do not depend on which thread touches a layer first.
+        for c in &convs {
+            let _ = c.weight.val();
+            if let Some(b) = &c.bias {
+                let _ = b.val();
+            }
+        }
+        for b in &bns {
+            let _ = (b.gamma.val(), b.beta.val());
+        }
+        for l in &linears {
+            let _ = l.weight.val();
+            if let Some(b) = &l.bias {
+                let _ = b.val();
+            }
+        }
         Ok(GraphNet { convs, bns, linears, plan })
     }
 
@@ -184,26 +201,31 @@ impl<B: Backend> GraphNet<B> {
                 Some(d) => Err(format!("`{name}` has shape {:?} in the file but {shape:?} in the model", d.shape)),
             }
         };
+        fn keep<B: Backend, const D: usize>(old: &Param<Tensor<B, D>>, t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+            // A frozen (no-gradient) parameter stays frozen when its values are replaced.
+            let p = Param::from_tensor(t);
+            if old.is_require_grad() { p } else { p.set_require_grad(false) }
+        }
         let plan = self.plan.clone();
         for (c, name) in self.convs.iter_mut().zip(&plan.conv_names) {
             let shape = c.weight.dims();
             if let Some(d) = take(format!("{name}.weight"), &shape, &mut missing)? {
-                c.weight = Param::from_tensor(Tensor::from_data(d, device));
+                c.weight = keep(&c.weight, Tensor::from_data(d, device));
             }
             if let Some(b) = &c.bias {
                 let shape = b.dims();
                 if let Some(d) = take(format!("{name}.bias"), &shape, &mut missing)? {
-                    c.bias = Some(Param::from_tensor(Tensor::from_data(d, device)));
+                    c.bias = Some(keep(b, Tensor::from_data(d, device)));
                 }
             }
         }
         for (b, name) in self.bns.iter_mut().zip(&plan.bn_names) {
             let shape = b.gamma.dims();
             if let Some(d) = take(format!("{name}.weight"), &shape, &mut missing)? {
-                b.gamma = Param::from_tensor(Tensor::from_data(d, device));
+                b.gamma = keep(&b.gamma, Tensor::from_data(d, device));
             }
             if let Some(d) = take(format!("{name}.bias"), &shape, &mut missing)? {
-                b.beta = Param::from_tensor(Tensor::from_data(d, device));
+                b.beta = keep(&b.beta, Tensor::from_data(d, device));
             }
             if let Some(d) = take(format!("{name}.running_mean"), &shape, &mut missing)? {
                 b.running_mean = RunningState::new(Tensor::from_data(d, device));
@@ -216,12 +238,12 @@ impl<B: Backend> GraphNet<B> {
             let [din, dout] = l.weight.dims();
             if let Some(d) = take(format!("{name}.weight"), &[dout, din], &mut missing)? {
                 let t: Tensor<B, 2> = Tensor::from_data(d, device);
-                l.weight = Param::from_tensor(t.transpose());
+                l.weight = keep(&l.weight, t.transpose());
             }
             if let Some(b) = &l.bias {
                 let shape = b.dims();
                 if let Some(d) = take(format!("{name}.bias"), &shape, &mut missing)? {
-                    l.bias = Some(Param::from_tensor(Tensor::from_data(d, device)));
+                    l.bias = Some(keep(b, Tensor::from_data(d, device)));
                 }
             }
         }

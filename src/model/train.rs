@@ -304,7 +304,8 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     let per_epoch = if drop_last { n_train / cfg.batch_size } else { 1 } as u64;
     let total = per_epoch * cfg.epochs as u64;
 
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    // Chunks per batch: the cores (at most 8), or TAOFLOW_TRAIN_THREADS.
+    let workers = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
     let mut opt = Optimizer::<B::InnerBackend>::new(cfg.optim.clone());
     let mut history = Vec::new();
     let mut start = 0;

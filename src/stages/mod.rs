@@ -21,6 +21,7 @@ pub mod augment;
 pub mod convert;
 pub mod evaluate;
 pub mod exec;
+pub mod prune;
 pub mod train;
 
 /// One kind of stage (`exec`, and later `convert`, `train`, …).
@@ -145,10 +146,11 @@ static AUGMENT: augment::Augment = augment::Augment;
 static EVALUATE: evaluate::Evaluate = evaluate::Evaluate;
 static TRAIN: train::Train = train::Train { retrain: false };
 static RETRAIN: train::Train = train::Train { retrain: true };
+static PRUNE: prune::Prune = prune::Prune;
 
 /// Every kind this build offers.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    static KINDS: [&dyn StageKind; 6] = [&EXEC, &CONVERT, &AUGMENT, &TRAIN, &RETRAIN, &EVALUATE];
+    static KINDS: [&dyn StageKind; 7] = [&EXEC, &CONVERT, &AUGMENT, &TRAIN, &PRUNE, &RETRAIN, &EVALUATE];
     &KINDS
 }
 
@@ -165,7 +167,7 @@ pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::pa
 }
 
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &["prune", "quantize", "export"];
+pub const PLANNED: &[&str] = &["quantize", "export"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)

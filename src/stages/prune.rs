@@ -1,0 +1,212 @@
+//! `prune`: structured channel pruning of a model artifact (any architecture of the layer
+//! graph). TAO's options by name, with their TAO flags in brackets:
+//!
+//! ```toml
+//! [stages.prune]
+//! kind = "prune"
+//! model = "train.model"
+//! norm = "l2"                  # l1 | l2 | max                                   [-n]
+//! threshold = 0.1              # keep channels whose normalised norm is >= this [-pth]
+//! granularity = 8              # keep a multiple of this many channels          [-pg]
+//! min_channels = 16            # never fewer per layer                          [-nf]
+//! equalization = "union"       # union | intersection | arithmetic_mean | geometric_mean [-eq]
+//! excluded_layers = []         # layer names (or prefixes) never pruned         [-el]
+//! # target_params = 0.5        # instead of `threshold`: keep this fraction of the parameters
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::Fields;
+use crate::diag::Diag;
+use crate::model::graph::{ModelGraph, Op};
+use crate::model::prune::{Criterion, Equalization, Norm, PruneConfig};
+use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
+use crate::value::{Float, PVal};
+
+#[derive(Debug)]
+pub struct Prune;
+
+const KEYS: &[&str] = &["model", "norm", "threshold", "target_params", "granularity", "min_channels", "equalization", "excluded_layers"];
+
+impl StageKind for Prune {
+    fn name(&self) -> &'static str {
+        "prune"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        KEYS
+    }
+
+    fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {
+        let before = f.diags.0.len();
+        let model = f.required_str("model", "model = \"train.model\"");
+        let norm = match f.str("norm") {
+            None => Norm::L2,
+            Some((s, n)) => match s.as_str() {
+                "l1" => Norm::L1,
+                "l2" => Norm::L2,
+                "max" => Norm::Max,
+                _ => {
+                    f.diags.push(Diag::error(format!("unknown norm `{s}`")).at(&n.span, "unknown").hint("choose l1, l2 or max"));
+                    Norm::L2
+                }
+            },
+        };
+        let equalization = match f.str("equalization") {
+            None => Equalization::Union,
+            Some((s, n)) => match s.as_str() {
+                "union" => Equalization::Union,
+                "intersection" => Equalization::Intersection,
+                "arithmetic_mean" => Equalization::ArithmeticMean,
+                "geometric_mean" => Equalization::GeometricMean,
+                _ => {
+                    f.diags.push(Diag::error(format!("unknown equalization `{s}`")).at(&n.span, "unknown").hint("choose union, intersection, arithmetic_mean or geometric_mean"));
+                    Equalization::Union
+                }
+            },
+        };
+        let threshold = f.float("threshold");
+        let target = f.float("target_params");
+        let criterion = match (threshold, target) {
+            (Some((_, tn)), Some(_)) => {
+                f.diags.push(Diag::error("`threshold` and `target_params` exclude each other").at(&tn.span, "remove one"));
+                Criterion::Threshold(0.1)
+            }
+            (Some((t, n)), None) => {
+                if !(0.0..=1.0).contains(&t) {
+                    f.diags.push(Diag::error("`threshold` is a normalised norm between 0 and 1").at(&n.span, "out of range"));
+                }
+                Criterion::Threshold(t)
+            }
+            (None, Some((t, n))) => {
+                if !(t > 0.0 && t <= 1.0) {
+                    f.diags.push(Diag::error("`target_params` is the fraction of parameters to keep, in (0, 1]").at(&n.span, "out of range"));
+                }
+                Criterion::ParamRatio(t)
+            }
+            (None, None) => Criterion::Threshold(0.1),
+        };
+        let granularity = match f.uint("granularity") {
+            Some((0, n)) => {
+                f.diags.push(Diag::error("`granularity` must be positive").at(&n.span, "zero"));
+                8
+            }
+            Some((v, _)) => v as usize,
+            None => 8,
+        };
+        let min_channels = f.uint("min_channels").map(|(v, _)| v as usize).unwrap_or(16);
+        let excluded: Vec<String> = f.str_list("excluded_layers").unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+        if f.diags.0.len() > before {
+            return None;
+        }
+        let (model, mnode) = model?;
+        let cfg = PruneConfig { norm, criterion, granularity, min_channels, equalization, excluded };
+        let mut params = BTreeMap::new();
+        params.insert("config".into(), to_pval(serde_json::to_value(&cfg).expect("serialises")));
+        Some(StageDef {
+            params,
+            inputs: vec![InputDecl { label: "model".into(), raw: model, span: mnode.span.clone() }],
+            outputs: vec![OutputDecl { name: "model".into(), path: PathBuf::from("outputs").join(stage).join("model"), span: mnode.span.clone(), owned: true }],
+            metrics: Some("model".into()),
+            gpus: 0,
+            description: None,
+            typed: Arc::new(cfg),
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
+        Box::pin(async move {
+            let cfg = ctx.def.typed.downcast_ref::<PruneConfig>().ok_or_else(|| StageError::Failed("internal: prune stage data missing".into()))?.clone();
+            let model = ctx.inputs["model"].clone();
+            let out = ctx.outputs["model"].clone();
+            tokio::task::spawn_blocking(move || prune_artifact(&model, &out, &cfg))
+                .await
+                .map_err(|e| StageError::Failed(format!("prune crashed: {e}")))?
+        })
+    }
+}
+
+fn to_pval(v: serde_json::Value) -> PVal {
+    match v {
+        serde_json::Value::Null => PVal::Str("none".into()),
+        serde_json::Value::Bool(b) => PVal::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) if !n.is_f64() => PVal::Int(i),
+            _ => PVal::Float(Float(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        serde_json::Value::String(s) => PVal::Str(s),
+        serde_json::Value::Array(a) => PVal::Array(a.into_iter().map(to_pval).collect()),
+        serde_json::Value::Object(o) => PVal::Table(o.into_iter().map(|(k, v)| (k, to_pval(v))).collect()),
+    }
+}
+
+fn conv_channels(g: &ModelGraph) -> BTreeMap<String, usize> {
+    g.layers.iter().filter_map(|l| if let Op::Conv2d { out_channels, .. } = l.op { Some((l.name.clone(), out_channels)) } else { None }).collect()
+}
+
+/// Prune the model artifact at `model` into `out` (a new model artifact with a report).
+pub fn prune_artifact(model: &Path, out: &Path, cfg: &PruneConfig) -> Result<Vec<String>, StageError> {
+    let fail = StageError::Failed;
+    let text = std::fs::read_to_string(model.join("model.json")).map_err(|e| fail(format!("cannot read `{}` (is it a model artifact?): {e}", model.join("model.json").display())))?;
+    let g: ModelGraph = serde_json::from_str(&text).map_err(|e| fail(format!("`{}` is not a model graph: {e}", model.join("model.json").display())))?;
+    let w = crate::model::import::read_weights(&model.join("weights.safetensors")).map_err(fail)?;
+    for e in &cfg.excluded {
+        if !g.layers.iter().any(|l| &l.name == e || l.name.starts_with(&format!("{e}."))) {
+            return Err(fail(format!("`excluded_layers` names `{e}`, which is not a layer of `{}`", g.arch)));
+        }
+    }
+    let (sps, layer_space, keep) = crate::model::prune::select(&g, &w, cfg).map_err(fail)?;
+    let pg = crate::model::prune::apply_to_graph(&g, &sps, &layer_space, &keep).map_err(fail)?;
+    let pw = crate::model::prune::apply_to_weights(&g, &layer_space, &keep, &w).map_err(fail)?;
+    // The result must load as it will be used.
+    let device = Default::default();
+    let (_, missing) = crate::model::net::GraphNet::<burn::backend::NdArray<f32>>::new(&pg, &device).map_err(fail)?.load_weights(&pw, &device).map_err(fail)?;
+    if !missing.is_empty() {
+        return Err(fail(format!("internal: pruned weights lack {}", missing.join(", "))));
+    }
+    let (p0, p1) = (g.param_count(), pg.param_count());
+    let (f0, f1) = (crate::model::prune::flops(&g), crate::model::prune::flops(&pg));
+    let before = conv_channels(&g);
+    let after = conv_channels(&pg);
+    let layers: Vec<serde_json::Value> = before.iter().map(|(k, b)| serde_json::json!({"layer": k, "before": b, "after": after[k]})).collect();
+    let prunable = sps.iter().filter(|s| s.prunable).count();
+    let report = serde_json::json!({
+        "arch": pg.arch,
+        "param_count_before": p0,
+        "param_count": p1,
+        "pruning_ratio": p1 as f64 / p0 as f64,
+        "flops_before": f0,
+        "flops": f1,
+        "flops_ratio": f1 as f64 / f0 as f64,
+        "channel_groups": sps.len(),
+        "prunable_groups": prunable,
+        "config": cfg,
+        "layers": layers,
+    });
+    crate::stages::write_dir_atomically(out, |tmp| {
+        let mut j = serde_json::to_vec_pretty(&pg).expect("serialises");
+        j.push(b'\n');
+        std::fs::write(tmp.join("model.json"), j).map_err(|e| fail(format!("cannot write model.json: {e}")))?;
+        let mut names: Vec<(String, crate::model::net::WeightData)> = pw.into_iter().filter(|(k, _)| pg.weights().contains_key(k)).collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::model::train::write_safetensors(&tmp.join("weights.safetensors"), names, &[("format", "pt"), ("arch", &pg.arch)]).map_err(fail)?;
+        let mut j = serde_json::to_vec_pretty(&report).expect("serialises");
+        j.push(b'\n');
+        std::fs::write(tmp.join("metrics.json"), j).map_err(|e| fail(format!("cannot write metrics.json: {e}")))?;
+        Ok(())
+    })?;
+    Ok(vec![format!(
+        "{}: {p0} -> {p1} parameters ({:.1}%), {:.1} -> {:.1} MMAC per image; {prunable} of {} channel groups prunable",
+        g.arch,
+        100.0 * p1 as f64 / p0 as f64,
+        f0 as f64 / 1e6,
+        f1 as f64 / 1e6,
+        sps.len()
+    )])
+}

@@ -1,0 +1,215 @@
+//! The `train` and `retrain` stages through the real binary, on a tiny learnable dataset:
+//! the loss falls and the model learns, a run killed with SIGKILL resumes from its last
+//! checkpoint (no epoch lost or repeated), `retrain` starts from a model artifact, and
+//! mistakes are clear errors.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{text, Project};
+
+/// Three classes of 16×16 RGB images that a small network separates easily: a bright left
+/// half, a bright right half, horizontal stripes; with per-image noise.
+fn learnable(root: &Path, per_class: usize) {
+    let mut state = 0x1234_5678u32;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state % 60) as u8
+    };
+    for (ci, class) in ["left", "right", "stripes"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                let on = match ci {
+                    0 => x < 8,
+                    1 => x >= 8,
+                    _ => (y / 2) % 2 == 0,
+                };
+                let base = if on { 180 } else { 20 };
+                image::Rgb([base + noise(), base + noise(), base + noise()])
+            });
+            img.save(root.join(class).join(format!("{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+fn pipeline(p: &Project, train_extra: &str) {
+    p.write(
+        "p.toml",
+        &format!(
+            "[pipeline]\nname = \"t\"\nseed = 3\n\
+             [stages.convert]\nkind = \"convert\"\nformat = \"image_folder\"\nsource = \"imgs\"\nval_fraction = 0.25\n\
+             [stages.train]\nkind = \"train\"\ndataset = \"convert\"\narch = \"resnet18\"\nwidth = 0.125\ninput_size = 16\nbatch_size = 8\n{train_extra}\n\
+             [stages.evaluate]\nkind = \"evaluate\"\nmodel = \"train.model\"\ndataset = \"convert\"\ntop_k = [1, 2]\n"
+        ),
+    );
+}
+
+fn metrics(p: &Project) -> serde_json::Value {
+    serde_json::from_str(&p.read("outputs/t/train/model/metrics.json")).unwrap()
+}
+
+#[test]
+fn training_lowers_the_loss_and_the_model_learns() {
+    let p = Project::new();
+    learnable(&p.path("imgs"), 40);
+    pipeline(&p, "epochs = 5\noptimizer = \"adam\"\nlr = 0.01\nschedule = \"soft_start_annealing\"\nlabel_smoothing = 0.05\ncrop_padding = 1\nl1 = 1e-5");
+    let out = p.run(&["run", "p.toml"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let m = metrics(&p);
+    let h = m["history"].as_array().unwrap();
+    assert_eq!(h.len(), 5);
+    let first = h[0]["train_loss"].as_f64().unwrap();
+    let last = h[4]["train_loss"].as_f64().unwrap();
+    assert!(last < first * 0.7, "the training loss must fall: {first} -> {last}\n{t}");
+    // Soft start: the rate rises, then anneals.
+    let lrs: Vec<f64> = h.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    assert!(lrs[4] < lrs[2], "{lrs:?}");
+    assert!(m["val_accuracy"].as_f64().unwrap() >= 0.8, "{m}");
+    for f in ["model.json", "weights.safetensors", "history.csv", "curves.png"] {
+        assert!(p.path(&format!("outputs/t/train/model/{f}")).is_file(), "{f}");
+    }
+    let csv = p.read("outputs/t/train/model/history.csv");
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+    // The evaluate stage reads the trained model; its accuracy is the last validation's.
+    let e: serde_json::Value = serde_json::from_str(&p.read("outputs/t/evaluate/evaluation/metrics.json")).unwrap();
+    assert!((e["accuracy"].as_f64().unwrap() - m["val_accuracy"].as_f64().unwrap()).abs() < 1e-9, "{e} vs {m}");
+    // The checkpoints of a finished stage are gone; a re-run is served from the store.
+    assert!(std::fs::read_dir(p.store.join("checkpoints-v1")).map(|d| d.count() == 0).unwrap_or(true));
+    let (_, st, _) = p.run_json(&[]);
+    assert_eq!(st["train"]["status"], "cached");
+    // Another learning rate: train and evaluate run again, convert stays cached.
+    let (code, st, err) = p.run_json(&["-S", "train.lr=0.005"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(st["convert"]["status"], "cached");
+    assert_eq!(st["train"]["status"], "ran");
+}
+
+fn checkpoint_after(store: &Path, epoch: usize) -> bool {
+    let Ok(rd) = std::fs::read_dir(store.join("checkpoints-v1")) else { return false };
+    rd.flatten().any(|k| {
+        std::fs::read_dir(k.path()).map(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.strip_prefix("epoch-").and_then(|s| s.parse::<usize>().ok()).is_some_and(|n| n >= epoch) && e.path().join("state.json").is_file()
+            })
+        })
+        .unwrap_or(false)
+    })
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint() {
+    let train = "epochs = 8\noptimizer = \"sgd\"\nlr = 0.05\nnesterov = true\nweight_decay = 1e-4\nschedule = \"step\"\nstep_epochs = 3\ncrop_padding = 2";
+    let p = Project::new();
+    learnable(&p.path("imgs"), 24);
+    pipeline(&p, train);
+    let mut child = p.spawn(&["run", "p.toml"]);
+    let t0 = Instant::now();
+    while !checkpoint_after(&p.store, 2) {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint after 10 minutes");
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("taoflow ended ({st}) before it was killed; make the test's training longer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(!p.path("outputs/t/train/model").exists(), "a killed run leaves no model");
+
+    let out = p.run(&["run", "p.toml"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("resumed from the checkpoint after epoch"), "{t}");
+    let m = metrics(&p);
+    let from = m["resumed_from_epoch"].as_u64().unwrap();
+    assert!((2..8).contains(&from), "{m}");
+    let h = m["history"].as_array().unwrap();
+    let epochs: Vec<u64> = h.iter().map(|r| r["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (1..=8).collect::<Vec<u64>>(), "every epoch once");
+    // 54 training images, batch 8, drop_last: 6 steps an epoch, none lost or repeated.
+    assert_eq!(m["steps"].as_u64().unwrap(), 8 * 6, "{m}");
+    // The step schedule continued where it was: epochs 7-8 run at lr * 0.1^2.
+    assert!((h[7]["lr"].as_f64().unwrap() - 0.05 * 0.01).abs() < 1e-9, "{m}");
+    assert!(h[7]["train_loss"].as_f64().unwrap() < h[0]["train_loss"].as_f64().unwrap());
+    assert!(std::fs::read_dir(p.store.join("checkpoints-v1")).map(|d| d.count() == 0).unwrap_or(true), "a finished stage removes its checkpoints");
+}
+
+#[test]
+fn retrain_starts_from_a_model_artifact_and_freeze_blocks_keeps_weights() {
+    let p = Project::new();
+    learnable(&p.path("imgs"), 12);
+    pipeline(&p, "epochs = 1\nfreeze_blocks = [0, 1]");
+    let mut toml = p.read("p.toml");
+    toml.push_str("[stages.retrain]\nkind = \"retrain\"\ninit = \"train.model\"\ndataset = \"convert\"\nepochs = 1\nlr = 0.001\nl1 = 1e-4\n");
+    p.write("p.toml", &toml);
+    let out = p.run(&["run", "p.toml"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("layers frozen"), "{t}");
+    let read = |dir: &str| taoflow::model::import::read_weights(&p.path(&format!("outputs/t/{dir}/model/weights.safetensors"))).unwrap();
+    let (a, b) = (read("train"), read("retrain"));
+    assert_eq!(a.keys().collect::<std::collections::BTreeSet<_>>(), b.keys().collect());
+    let g: taoflow::model::graph::ModelGraph = serde_json::from_str(&p.read("outputs/t/retrain/model/model.json")).unwrap();
+    let g0: taoflow::model::graph::ModelGraph = serde_json::from_str(&p.read("outputs/t/train/model/model.json")).unwrap();
+    assert_eq!(g.layers, g0.layers, "retrain keeps the structure");
+    assert!(a["fc.weight"].data != b["fc.weight"].data, "retrain trains");
+
+    // Frozen blocks: a second train stage from the first's weights with blocks 0-4 frozen
+    // leaves every backbone weight as it was.
+    toml.push_str("[stages.frozen]\nkind = \"train\"\ninit = \"train.model\"\ndataset = \"convert\"\nepochs = 1\nlr = 0.05\nfreeze_blocks = [0, 1, 2, 3, 4]\n");
+    p.write("p.toml", &toml);
+    let out = p.run(&["run", "p.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let c = read("frozen");
+    for (k, v) in &a {
+        if k.starts_with("fc.") {
+            assert!(v.data != c[k].data, "{k} is trained");
+        } else {
+            assert_eq!(v.data, c[k].data, "{k} is frozen");
+        }
+    }
+}
+
+#[test]
+fn mistakes_are_clear_errors() {
+    let p = Project::new();
+    learnable(&p.path("imgs"), 4);
+    let cases: &[(&str, &str)] = &[
+        ("arch = \"resnet19\"\n", "unknown architecture `resnet19`"),
+        ("optimizer = \"adagrad\"\n", "unknown optimizer `adagrad`"),
+        ("schedule = \"linear\"\n", "unknown schedule `linear`"),
+        ("epochs = 0\n", "`epochs` must be positive"),
+        ("lr = -1.0\n", "`lr` must be between"),
+        ("val_split = \"holdout\"\n", "no `holdout` split"),
+        ("pretrained = \"missing.pth\"\n", "missing.pth"),
+        ("freeze_blocks = [\"a\"]\n", "freeze_blocks"),
+        ("lr = 1e6\n", "`lr` must be between"),
+    ];
+    for (extra, want) in cases {
+        p.write(
+            "p.toml",
+            &format!("[pipeline]\nname = \"t\"\n[stages.convert]\nkind = \"convert\"\nformat = \"image_folder\"\nsource = \"imgs\"\nval_fraction = 0.25\n[stages.train]\nkind = \"train\"\ndataset = \"convert\"\n{}input_size = 16\nwidth = 0.125\nepochs = 1\n", if extra.starts_with("arch") { extra.to_string() } else { format!("arch = \"resnet18\"\n{extra}") }),
+        );
+        let t = p.read("p.toml");
+        // Later keys win in TOML only once: a duplicated key is itself an error, so cases
+        // that repeat `epochs`/`lr` rewrite the line instead.
+        let t = if extra.starts_with("epochs") { t.replacen("epochs = 1\n", "", 1) } else { t };
+        p.write("p.toml", &t);
+        let out = p.run(&["run", "p.toml"]);
+        let s = text(&out);
+        assert!(!out.status.success(), "{extra}: {s}");
+        assert!(s.contains(want), "{extra}: wanted `{want}` in:\n{s}");
+        assert!(!s.contains("panicked"), "{s}");
+    }
+    // A weights file that does not fit the architecture.
+    std::fs::write(p.path("bad.safetensors"), b"not safetensors").unwrap();
+    p.write("p.toml", "[pipeline]\nname = \"t\"\n[stages.convert]\nkind = \"convert\"\nformat = \"image_folder\"\nsource = \"imgs\"\nval_fraction = 0.25\n[stages.train]\nkind = \"train\"\ndataset = \"convert\"\narch = \"resnet18\"\npretrained = \"bad.safetensors\"\ninput_size = 16\nepochs = 1\n");
+    let s = text(&p.run(&["run", "p.toml"]));
+    assert!(s.contains("is not a safetensors file"), "{s}");
+}
