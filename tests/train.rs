@@ -213,3 +213,41 @@ fn mistakes_are_clear_errors() {
     let s = text(&p.run(&["run", "p.toml"]));
     assert!(s.contains("is not a safetensors file"), "{s}");
 }
+
+#[test]
+fn train_prune_retrain_evaluate() {
+    let p = Project::new();
+    learnable(&p.path("imgs"), 16);
+    pipeline(&p, "epochs = 2\nl1 = 1e-4");
+    let mut toml = p.read("p.toml");
+    toml.push_str(
+        "[stages.prune]\nkind = \"prune\"\nmodel = \"train.model\"\nnorm = \"l1\"\nthreshold = 0.97\ngranularity = 2\nmin_channels = 2\nequalization = \"geometric_mean\"\nexcluded_layers = [\"layer4\"]\n\
+         [stages.retrain]\nkind = \"retrain\"\ninit = \"prune.model\"\ndataset = \"convert\"\nepochs = 1\nlr = 0.005\n\
+         [stages.evaluate_pruned]\nkind = \"evaluate\"\nmodel = \"retrain.model\"\ndataset = \"convert\"\n",
+    );
+    p.write("p.toml", &toml);
+    let out = p.run(&["run", "p.toml"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("parameters") && t.contains("MMAC"), "{t}");
+    let r: serde_json::Value = serde_json::from_str(&p.read("outputs/t/prune/model/metrics.json")).unwrap();
+    let (before, after) = (r["param_count_before"].as_u64().unwrap(), r["param_count"].as_u64().unwrap());
+    assert!(after < before, "{r}");
+    assert!((r["pruning_ratio"].as_f64().unwrap() - after as f64 / before as f64).abs() < 1e-12);
+    assert!(r["flops"].as_u64().unwrap() < r["flops_before"].as_u64().unwrap());
+    // Excluded layers keep their channels.
+    for l in r["layers"].as_array().unwrap() {
+        if l["layer"].as_str().unwrap().starts_with("layer4") {
+            assert_eq!(l["before"], l["after"], "{l}");
+        }
+    }
+    let g: taoflow::model::graph::ModelGraph = serde_json::from_str(&p.read("outputs/t/retrain/model/model.json")).unwrap();
+    assert_eq!(g.param_count() as u64, after, "retrain keeps the pruned structure");
+    let e: serde_json::Value = serde_json::from_str(&p.read("outputs/t/evaluate_pruned/evaluation/metrics.json")).unwrap();
+    assert_eq!(e["samples"], 12);
+
+    // A layer that does not exist is a clear error.
+    p.write("p.toml", &toml.replace("excluded_layers = [\"layer4\"]", "excluded_layers = [\"layer9\"]"));
+    let s = text(&p.run(&["run", "p.toml"]));
+    assert!(s.contains("`excluded_layers` names `layer9`, which is not a layer"), "{s}");
+}

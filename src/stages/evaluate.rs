@@ -44,7 +44,8 @@ impl StageKind for Evaluate {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: metrics.json reports the forward pass's throughput (`inference`).
+        2
     }
     fn keys(&self) -> &'static [&'static str] {
         KEYS
@@ -103,16 +104,18 @@ impl StageKind for Evaluate {
             let dataset = ctx.inputs["dataset"].clone();
             let out = ctx.outputs["evaluation"].clone();
             tokio::task::spawn_blocking(move || {
-                let report = evaluate(&model, &dataset, &split, batch, &top_k).map_err(StageError::Failed)?;
+                let (report, ips) = evaluate_timed(&model, &dataset, &split, batch, &top_k).map_err(StageError::Failed)?;
                 crate::stages::write_dir_atomically(&out, |tmp| {
-                    let mut j = serde_json::to_vec_pretty(&report).expect("report serialises");
+                    let mut v = serde_json::to_value(&report).expect("report serialises");
+                    v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": "cpu", "threads": rayon::current_num_threads()});
+                    let mut j = serde_json::to_vec_pretty(&v).expect("report serialises");
                     j.push(b'\n');
                     std::fs::write(tmp.join("metrics.json"), j).map_err(|e| StageError::Failed(format!("cannot write metrics.json: {e}")))?;
                     confusion_png(&report, &tmp.join("confusion.png")).map_err(StageError::Failed)?;
                     Ok(())
                 })?;
                 let tk: Vec<String> = report.top_k.iter().map(|(k, v)| format!("top-{k} {:.4}", v)).collect();
-                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}", report.samples, tk.join(", "), report.macro_avg.f1)])
+                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}; {ips:.0} img/s forward", report.samples, tk.join(", "), report.macro_avg.f1)])
             })
             .await
             .map_err(|e| StageError::Failed(format!("evaluate crashed: {e}")))?
@@ -122,6 +125,12 @@ impl StageKind for Evaluate {
 
 /// Run a model artifact over a dataset split on the CPU and report.
 pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<ClassificationReport, String> {
+    evaluate_timed(model, dataset, split, batch, top_k).map(|(r, _)| r)
+}
+
+/// [`evaluate`], with the forward pass's throughput (images per second, data loading
+/// excluded).
+pub fn evaluate_timed(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<(ClassificationReport, f64), String> {
     type B = NdArray<f32>;
     let device = Default::default();
     let (graph, net) = crate::model::artifact::load::<B>(model, &device)?;
@@ -140,11 +149,14 @@ pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: 
     let spec = graph.input.clone();
     let mut y = Vec::new();
     let mut scores: Vec<Vec<f32>> = Vec::new();
+    let mut forward_secs = 0.0;
     let opts = LoaderOptions { batch_size: batch, shuffle: false, ..Default::default() };
     for b in ds.stream(split, &spec, &opts).map_err(|e| e.to_string())? {
         let b = b.map_err(|e| e.to_string())?;
         let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(b.images, [b.len, spec.channels as usize, spec.height as usize, spec.width as usize]), &device);
+        let t0 = std::time::Instant::now();
         let logits = net.forward(x).into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        forward_secs += t0.elapsed().as_secs_f64();
         if logits.len() != b.len * n_classes {
             return Err(format!("the model has {} outputs, the dataset {n_classes} classes", logits.len() / b.len.max(1)));
         }
@@ -152,7 +164,8 @@ pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: 
         y.extend(b.labels);
     }
     let ks: Vec<usize> = top_k.iter().copied().filter(|k| *k <= n_classes).collect();
-    classification_report(&y, &scores, &ds.manifest.classes, &ks)
+    let r = classification_report(&y, &scores, &ds.manifest.classes, &ks)?;
+    Ok((r, y.len() as f64 / forward_secs.max(1e-9)))
 }
 
 /// The row-normalised confusion matrix as a heat map (true classes down, predicted across).
