@@ -326,8 +326,8 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     }
 
     for epoch in start..cfg.epochs {
-        // Dropout and other randomness: a function of (seed, epoch), so a resumed run draws
-        // what the uninterrupted one would have.
+        // Dropout draws: seeded by (seed, epoch), so a resumed run starts each epoch from the
+        // same generator state (the order of draws across chunk threads may still vary).
         B::seed(device, cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let t0 = Instant::now();
         let opts = LoaderOptions { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, epoch: epoch as u64, drop_last, augment: cfg.augment, ..Default::default() };
