@@ -200,6 +200,24 @@ pub enum PVal {
     Table(BTreeMap<String, PVal>),
 }
 
+impl PVal {
+    /// A JSON value (a stage's typed, serialised config) as a canonical parameter; floats
+    /// stay floats, `null` becomes the string `none`.
+    pub fn from_json(v: serde_json::Value) -> PVal {
+        match v {
+            serde_json::Value::Null => PVal::Str("none".into()),
+            serde_json::Value::Bool(b) => PVal::Bool(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) if !n.is_f64() => PVal::Int(i),
+                _ => PVal::Float(Float(n.as_f64().unwrap_or(f64::NAN))),
+            },
+            serde_json::Value::String(s) => PVal::Str(s),
+            serde_json::Value::Array(a) => PVal::Array(a.into_iter().map(PVal::from_json).collect()),
+            serde_json::Value::Object(o) => PVal::Table(o.into_iter().map(|(k, v)| (k, PVal::from_json(v))).collect()),
+        }
+    }
+}
+
 /// A float stored in canonical text form (`{"$float": "0.02"}`), so NaN and infinities survive
 /// JSON and `1.0` never reads back as the integer `1`.
 #[derive(Debug, Clone, Copy)]

@@ -6,25 +6,28 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 
 use super::graph::ModelGraph;
-use super::net::GraphNet;
+use super::net::{GraphNet, WeightData};
 
 /// Write `model.json` and `weights.safetensors` into `dir` (which must exist).
 pub fn save<B: Backend>(dir: &Path, graph: &ModelGraph, net: &GraphNet<B>) -> Result<(), String> {
     let mut json = serde_json::to_vec_pretty(graph).map_err(|e| e.to_string())?;
     json.push(b'\n');
     std::fs::write(dir.join("model.json"), json).map_err(|e| format!("cannot write model.json: {e}"))?;
-    let weights = net.export_weights()?;
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
-        .into_iter()
-        .map(|(n, w)| (n, w.shape, w.data.iter().flat_map(|f| f.to_le_bytes()).collect()))
-        .collect();
+    write_safetensors(&dir.join("weights.safetensors"), net.export_weights()?, &[("format", "pt"), ("arch", &graph.arch)])
+}
+
+/// Write named tensors as safetensors (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, WeightData)>, meta: &[(&str, &str)]) -> Result<(), String> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.into_iter().map(|(n, w)| (n, w.shape, w.data.iter().flat_map(|f| f.to_le_bytes()).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
         .map(|(n, shape, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map(|v| (n.clone(), v)).map_err(|e| format!("{e:?}")))
         .collect::<Result<_, _>>()?;
-    let meta = Some([("format".to_string(), "pt".to_string()), ("arch".to_string(), graph.arch.clone())].into_iter().collect());
-    let out = safetensors::serialize(views, &meta).map_err(|e| format!("cannot encode weights: {e:?}"))?;
-    std::fs::write(dir.join("weights.safetensors"), out).map_err(|e| format!("cannot write weights.safetensors: {e}"))
+    let meta = Some(meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    let out = safetensors::serialize(views, &meta).map_err(|e| format!("cannot encode tensors: {e:?}"))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
 }
 
 /// Read a model artifact.

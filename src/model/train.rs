@@ -224,20 +224,6 @@ fn step_parallel<B: AutodiffBackend + ConvBackend>(
 type ChunkResult<B> = (f64, usize, Vec<(String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>)>, Vec<BnStats<<B as AutodiffBackend>::InnerBackend>>);
 type StepResult<B> = (f64, usize, HashMap<String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>, Vec<BnStats<<B as AutodiffBackend>::InnerBackend>>);
 
-/// Write named tensors as safetensors (temp file + rename).
-pub fn write_safetensors(path: &Path, tensors: Vec<(String, WeightData)>, meta: &[(&str, &str)]) -> Result<(), String> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.into_iter().map(|(n, w)| (n, w.shape, w.data.iter().flat_map(|f| f.to_le_bytes()).collect())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, shape, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map(|v| (n.clone(), v)).map_err(|e| format!("{e:?}")))
-        .collect::<Result<_, _>>()?;
-    let meta = Some(meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-    let out = safetensors::serialize(views, &meta).map_err(|e| format!("cannot encode tensors: {e:?}"))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, out).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
-}
-
 /// The newest complete checkpoint in `dir` (`epoch-NNNN` folders with a `state.json`).
 fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
     let rd = std::fs::read_dir(dir).ok()?;
@@ -254,8 +240,8 @@ fn save_checkpoint<B: AutodiffBackend>(dir: &Path, net: &GraphNet<B>, opt: &Opti
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     let final_dir = dir.join(format!("epoch-{:04}", state.epochs_done));
     let tmp = tempfile::Builder::new().prefix(".ckpt-").tempdir_in(dir).map_err(|e| format!("cannot write a checkpoint in `{}`: {e}", dir.display()))?;
-    write_safetensors(&tmp.path().join("weights.safetensors"), net.export_weights()?, &[])?;
-    write_safetensors(&tmp.path().join("optimizer.safetensors"), opt.export_state()?, &[])?;
+    super::artifact::write_safetensors(&tmp.path().join("weights.safetensors"), net.export_weights()?, &[])?;
+    super::artifact::write_safetensors(&tmp.path().join("optimizer.safetensors"), opt.export_state()?, &[])?;
     let j = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
     std::fs::write(tmp.path().join("state.json"), j).map_err(|e| format!("cannot write a checkpoint: {e}"))?;
     let kept = tmp.keep();

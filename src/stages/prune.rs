@@ -25,7 +25,7 @@ use crate::diag::Diag;
 use crate::model::graph::{ModelGraph, Op};
 use crate::model::prune::{Criterion, Equalization, Norm, PruneConfig};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
-use crate::value::{Float, PVal};
+use crate::value::PVal;
 
 #[derive(Debug)]
 pub struct Prune;
@@ -108,7 +108,7 @@ impl StageKind for Prune {
         let (model, mnode) = model?;
         let cfg = PruneConfig { norm, criterion, granularity, min_channels, equalization, excluded };
         let mut params = BTreeMap::new();
-        params.insert("config".into(), to_pval(serde_json::to_value(&cfg).expect("serialises")));
+        params.insert("config".into(), PVal::from_json(serde_json::to_value(&cfg).expect("serialises")));
         Some(StageDef {
             params,
             inputs: vec![InputDecl { label: "model".into(), raw: model, span: mnode.span.clone() }],
@@ -129,20 +129,6 @@ impl StageKind for Prune {
                 .await
                 .map_err(|e| StageError::Failed(format!("prune crashed: {e}")))?
         })
-    }
-}
-
-fn to_pval(v: serde_json::Value) -> PVal {
-    match v {
-        serde_json::Value::Null => PVal::Str("none".into()),
-        serde_json::Value::Bool(b) => PVal::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) if !n.is_f64() => PVal::Int(i),
-            _ => PVal::Float(Float(n.as_f64().unwrap_or(f64::NAN))),
-        },
-        serde_json::Value::String(s) => PVal::Str(s),
-        serde_json::Value::Array(a) => PVal::Array(a.into_iter().map(to_pval).collect()),
-        serde_json::Value::Object(o) => PVal::Table(o.into_iter().map(|(k, v)| (k, to_pval(v))).collect()),
     }
 }
 
@@ -195,7 +181,7 @@ pub fn prune_artifact(model: &Path, out: &Path, cfg: &PruneConfig) -> Result<Vec
         std::fs::write(tmp.join("model.json"), j).map_err(|e| fail(format!("cannot write model.json: {e}")))?;
         let mut names: Vec<(String, crate::model::net::WeightData)> = pw.into_iter().filter(|(k, _)| pg.weights().contains_key(k)).collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
-        crate::model::train::write_safetensors(&tmp.join("weights.safetensors"), names, &[("format", "pt"), ("arch", &pg.arch)]).map_err(fail)?;
+        crate::model::artifact::write_safetensors(&tmp.join("weights.safetensors"), names, &[("format", "pt"), ("arch", &pg.arch)]).map_err(fail)?;
         let mut j = serde_json::to_vec_pretty(&report).expect("serialises");
         j.push(b'\n');
         std::fs::write(tmp.join("metrics.json"), j).map_err(|e| fail(format!("cannot write metrics.json: {e}")))?;

@@ -37,7 +37,7 @@ use crate::model::graph::{ModelGraph, Op};
 use crate::model::optim::{OptimConfig, OptimKind, Schedule};
 use crate::model::train::{EpochRecord, TrainConfig, TrainError};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
-use crate::value::{Float, PVal};
+use crate::value::PVal;
 
 #[derive(Debug)]
 pub struct Train {
@@ -68,21 +68,6 @@ const KEYS: &[&str] = &[
     "schedule", "min_lr", "warmup_epochs", "step_epochs", "gamma", "soft_start", "annealing_start", "label_smoothing", "hflip", "crop_padding", "freeze_blocks", "freeze_layers",
     "train_split", "val_split", "val_every", "checkpoint_every",
 ];
-
-/// A JSON value as a canonical parameter (floats stay floats).
-fn pv(v: serde_json::Value) -> PVal {
-    match v {
-        serde_json::Value::Null => PVal::Str("none".into()),
-        serde_json::Value::Bool(b) => PVal::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) if !n.is_f64() => PVal::Int(i),
-            _ => PVal::Float(Float(n.as_f64().unwrap_or(f64::NAN))),
-        },
-        serde_json::Value::String(s) => PVal::Str(s),
-        serde_json::Value::Array(a) => PVal::Array(a.into_iter().map(pv).collect()),
-        serde_json::Value::Object(o) => PVal::Table(o.into_iter().map(|(k, v)| (k, pv(v))).collect()),
-    }
-}
 
 impl StageKind for Train {
     fn name(&self) -> &'static str {
@@ -260,8 +245,8 @@ impl StageKind for Train {
             seed: 0,
         };
         let mut params = BTreeMap::new();
-        params.insert("model".into(), pv(serde_json::to_value(&model).expect("serialises")));
-        params.insert("training".into(), pv(serde_json::to_value(&cfg).expect("serialises")));
+        params.insert("model".into(), PVal::from_json(serde_json::to_value(&model).expect("serialises")));
+        params.insert("training".into(), PVal::from_json(serde_json::to_value(&cfg).expect("serialises")));
         let mut inputs = vec![InputDecl { label: "dataset".into(), raw: dataset, span: dnode.span.clone() }];
         if let Some((p, n)) = pretrained {
             inputs.push(InputDecl { label: "pretrained".into(), raw: p, span: n.span.clone() });
