@@ -494,6 +494,33 @@ impl<'a> Fields<'a> {
         Some((i as u64, n))
     }
 
+    /// A positive integer with a default; zero or a wrong type is reported.
+    pub fn positive_uint(&mut self, key: &str, default: u64) -> u64 {
+        match self.uint(key) {
+            Some((0, n)) => {
+                self.diags.push(Diag::error(format!("`{key}` in {} must be positive", self.ctx)).at(&n.span, "zero"));
+                default
+            }
+            Some((v, _)) => v,
+            None => default,
+        }
+    }
+
+    /// One of `options` (a string), with a default; anything else is reported with the list.
+    pub fn choice(&mut self, key: &str, options: &[&str], default: &str) -> String {
+        match self.str(key) {
+            None => default.to_string(),
+            Some((s, n)) if options.contains(&s.as_str()) => {
+                let _ = n;
+                s
+            }
+            Some((s, n)) => {
+                self.diags.push(Diag::error(format!("unknown {key} `{s}` in {}", self.ctx)).at(&n.span, "unknown").hint(format!("choose one of: {}", options.join(", "))));
+                default.to_string()
+            }
+        }
+    }
+
     pub fn float(&mut self, key: &str) -> Option<(f64, &'a Node)> {
         let n = self.get(key)?;
         match &n.v {

@@ -1,6 +1,7 @@
 //! The model artifact: a folder with `model.json` (the layer graph, classes, input spec)
 //! and `weights.safetensors` (torchvision names), loadable from PyTorch as a state dict.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -30,11 +31,36 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, WeightData)>, meta: 
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
 }
 
-/// Read a model artifact.
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(ModelGraph, GraphNet<B>), String> {
+/// Read an artifact's graph (`model.json`).
+pub fn read_graph(dir: &Path) -> Result<ModelGraph, String> {
     let p = dir.join("model.json");
     let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read `{}` (is this a model artifact?): {e}", p.display()))?;
-    let graph: ModelGraph = serde_json::from_str(&text).map_err(|e| format!("`{}` is not a valid model graph: {e}", p.display()))?;
+    let graph: ModelGraph = serde_json::from_str(&text).map_err(|e| {
+        let mut m = format!("`{}` line {}, column {}: not a valid model graph: {e}", p.display(), e.line(), e.column());
+        if e.to_string().contains("unknown variant") {
+            m.push_str("\n  = hint: this build of taoflow knows the ops conv2d, batch_norm, relu, relu6, max_pool, global_avg_pool, linear, dropout and add; a model with other ops cannot be run, exported or quantized by it");
+        }
+        m
+    })?;
+    graph.validate().map_err(|e| format!("`{}`: {e}", p.display()))?;
+    Ok(graph)
+}
+
+/// Read an artifact's graph and weights without building a network (export, quantize).
+pub fn read_raw(dir: &Path) -> Result<(ModelGraph, HashMap<String, WeightData>), String> {
+    let graph = read_graph(dir)?;
+    let wpath = dir.join("weights.safetensors");
+    let weights = super::import::read_weights(&wpath)?;
+    let missing: Vec<String> = graph.weights().into_iter().filter(|(k, shape)| weights.get(k).map(|w| &w.shape != shape).unwrap_or(true)).map(|(k, s)| format!("{k} {s:?}")).collect();
+    if !missing.is_empty() {
+        return Err(format!("`{}` lacks weights (or has other shapes) for: {}", wpath.display(), missing.join(", ")));
+    }
+    Ok((graph, weights))
+}
+
+/// Read a model artifact.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(ModelGraph, GraphNet<B>), String> {
+    let graph = read_graph(dir)?;
     let weights = super::import::read_weights(&dir.join("weights.safetensors"))?;
     let (net, missing) = GraphNet::<B>::new(&graph, device)?.load_weights(&weights, device)?;
     if !missing.is_empty() {

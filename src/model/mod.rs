@@ -3,11 +3,16 @@
 
 pub mod artifact;
 pub mod builders;
+pub mod calibrate;
 pub mod conv;
 pub mod graph;
 pub mod import;
 pub mod net;
+pub mod onnx;
+pub mod onnx_run;
 pub mod optim;
 pub mod pickle;
 pub mod prune;
 pub mod train;
+#[cfg(test)]
+pub mod testutil;

@@ -310,14 +310,20 @@ impl<B: Backend> GraphNet<B> {
 impl<B: super::conv::ConvBackend> GraphNet<B> {
     /// Run the graph: `[N, C, H, W]` images in, `[N, classes]` logits out.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.run(x, None)
+        self.run(x, None, None)
+    }
+
+    /// Inference forward pass that hands every layer's output (layer index in the graph,
+    /// values) to `observe`, e.g. to calibrate INT8 ranges.
+    pub fn forward_observe(&self, x: Tensor<B, 4>, observe: &mut dyn FnMut(usize, &[f32])) -> Tensor<B, 2> {
+        self.run(x, None, Some(observe))
     }
 
     /// Training forward pass: batch norms normalise with the batch's statistics (except
     /// frozen ones) and push `(index, mean, biased variance, count)` to `stats`, from which
     /// the caller updates the running statistics once per step.
     pub fn forward_train(&self, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Tensor<B, 2> {
-        self.run(x, Some(stats))
+        self.run(x, Some(stats), None)
     }
 
     fn bn_train(&self, b: usize, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Tensor<B, 4> {
@@ -331,7 +337,7 @@ impl<B: super::conv::ConvBackend> GraphNet<B> {
         centered * inv * bn.gamma.val().reshape([1, c, 1, 1]) + bn.beta.val().reshape([1, c, 1, 1])
     }
 
-    fn run(&self, x: Tensor<B, 4>, mut stats: Option<&mut Vec<BnStats<B>>>) -> Tensor<B, 2> {
+    fn run(&self, x: Tensor<B, 4>, mut stats: Option<&mut Vec<BnStats<B>>>, mut observe: Option<&mut dyn FnMut(usize, &[f32])>) -> Tensor<B, 2> {
         let mut vals: Vec<Option<Val<B>>> = vec![None; self.plan.steps.len() + 1];
         vals[0] = Some(Val::T4(x));
         for (i, s) in self.plan.steps.iter().enumerate() {
@@ -385,6 +391,15 @@ impl<B: super::conv::ConvBackend> GraphNet<B> {
                 }
                 (k, _) => panic!("op {k:?} on a tensor of the wrong rank (the graph was not validated)"),
             };
+            if let Some(obs) = observe.as_deref_mut() {
+                let data = match &v {
+                    Val::T4(t) => t.clone().into_data(),
+                    Val::T2(t) => t.clone().into_data(),
+                };
+                if let Ok(d) = data.to_vec::<f32>() {
+                    obs(i, &d);
+                }
+            }
             vals[i + 1] = Some(v);
         }
         match vals[self.plan.output].take() {

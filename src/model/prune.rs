@@ -447,55 +447,12 @@ pub fn flops(g: &ModelGraph) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::image_io::InputSpec;
-    use crate::model::builders;
-    use crate::model::net::GraphNet;
     use burn::backend::NdArray;
     use burn::tensor::{Distribution, Tensor};
 
+    use crate::model::testutil::{forward, graphs, random_weights};
+
     type B = NdArray<f32>;
-
-    /// Random weights with non-trivial batch-norm statistics, as a name -> tensor map.
-    fn random_weights(g: &ModelGraph, seed: u64) -> HashMap<String, WeightData> {
-        let device = Default::default();
-        <B as burn::tensor::backend::Backend>::seed(&device, seed);
-        let net = GraphNet::<B>::new(g, &device).unwrap();
-        let mut w: HashMap<String, WeightData> = net.export_weights().unwrap().into_iter().collect();
-        let mut rng = crate::data::rng::Rng::new(seed);
-        for (k, v) in w.iter_mut() {
-            if v.shape.len() == 4 {
-                // Channels of varied importance, as after training.
-                let per = v.data.len() / v.shape[0];
-                for c in 0..v.shape[0] {
-                    let f = 0.05 + rng.f64() as f32;
-                    v.data[c * per..(c + 1) * per].iter_mut().for_each(|x| *x *= f);
-                }
-            } else if k.ends_with("running_var") {
-                v.data.iter_mut().for_each(|x| *x = 0.5 + rng.f64() as f32);
-            } else if k.ends_with("running_mean") || (g.layers.iter().any(|l| matches!(l.op, Op::BatchNorm { .. }) && k.starts_with(&format!("{}.", l.name)))) {
-                v.data.iter_mut().for_each(|x| *x = rng.f64() as f32 - 0.3);
-            }
-        }
-        w
-    }
-
-    fn forward(g: &ModelGraph, w: &HashMap<String, WeightData>, x: Tensor<B, 4>) -> Vec<f32> {
-        let device = Default::default();
-        let (net, missing) = GraphNet::<B>::new(g, &device).unwrap().load_weights(w, &device).unwrap();
-        assert!(missing.is_empty(), "{missing:?}");
-        net.forward(x).into_data().to_vec::<f32>().unwrap()
-    }
-
-    fn graphs() -> Vec<ModelGraph> {
-        let spec = InputSpec::imagenet(32, 32);
-        let c: Vec<String> = (0..7).map(|i| i.to_string()).collect();
-        vec![
-            builders::resnet(18, 7, 0.25, spec.clone(), c.clone()).unwrap(),
-            builders::resnet(50, 7, 0.125, spec.clone(), c.clone()).unwrap(),
-            builders::mobilenet_v2(7, 0.5, spec.clone(), c.clone()),
-            builders::efficientnet_lite0(7, 0.5, spec, c),
-        ]
-    }
 
     /// Zeroing the channels chosen for removal (kernels, biases, batch-norm scale and shift)
     /// and removing them give the same outputs.

@@ -21,7 +21,9 @@ pub mod augment;
 pub mod convert;
 pub mod evaluate;
 pub mod exec;
+pub mod export;
 pub mod prune;
+pub mod quantize;
 pub mod train;
 
 /// One kind of stage (`exec`, and later `convert`, `train`, …).
@@ -147,10 +149,12 @@ static EVALUATE: evaluate::Evaluate = evaluate::Evaluate;
 static TRAIN: train::Train = train::Train { retrain: false };
 static RETRAIN: train::Train = train::Train { retrain: true };
 static PRUNE: prune::Prune = prune::Prune;
+static QUANTIZE: quantize::Quantize = quantize::Quantize;
+static EXPORT: export::Export = export::Export;
 
 /// Every kind this build offers.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    static KINDS: [&dyn StageKind; 7] = [&EXEC, &CONVERT, &AUGMENT, &TRAIN, &PRUNE, &RETRAIN, &EVALUATE];
+    static KINDS: [&dyn StageKind; 9] = [&EXEC, &CONVERT, &AUGMENT, &TRAIN, &PRUNE, &RETRAIN, &EVALUATE, &QUANTIZE, &EXPORT];
     &KINDS
 }
 
@@ -167,7 +171,7 @@ pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::pa
 }
 
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &["quantize", "export"];
+pub const PLANNED: &[&str] = &["detect_train", "segment_train"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)

@@ -1,0 +1,127 @@
+//! Running ONNX models in Rust with tract: `taoflow infer` on exported files, the INT8
+//! accuracy of a QDQ model, and parity tests of the exporter.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::data::image_io::InputSpec;
+
+type Plan = Arc<TypedRunnableModel>;
+
+pub struct OnnxModel {
+    model: InferenceModel,
+    pub input: InputSpec,
+    pub classes: Vec<String>,
+    /// Where the input spec came from: `taoflow.input` metadata, or guessed from the shape.
+    pub input_from_metadata: bool,
+    pub metadata: HashMap<String, String>,
+    plans: Mutex<HashMap<usize, Plan>>,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel").field("input", &self.input).field("classes", &self.classes.len()).finish()
+    }
+}
+
+/// Read the first input's static `[N, C, H, W]` dims (N may be symbolic).
+fn input_dims(g: &pb::GraphProto) -> Option<(u32, u32, u32)> {
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let vi = g.input.iter().find(|i| !inits.contains(i.name.as_str()))?;
+    let pb::type_proto::Value::TensorType(t) = vi.r#type.as_ref()?.value.as_ref()?;
+    let dims: Vec<Option<i64>> = t
+        .shape
+        .as_ref()?
+        .dim
+        .iter()
+        .map(|d| match d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+            _ => None,
+        })
+        .collect();
+    match dims.as_slice() {
+        [_, Some(c), Some(h), Some(w)] if *c > 0 && *h > 0 && *w > 0 => Some((*c as u32, *h as u32, *w as u32)),
+        _ => None,
+    }
+}
+
+impl OnnxModel {
+    pub fn load(path: &Path) -> Result<OnnxModel, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<OnnxModel, String> {
+        let not_onnx = |why: String| format!("`{what}` is not an ONNX model: {why}\n  = hint: pass a `.onnx` file written by `taoflow` export/quantize or another ONNX exporter, or a model artifact folder (with model.json)");
+        let proto = pb::ModelProto::decode(bytes).map_err(|e| not_onnx(format!("it does not decode as an ONNX protobuf ({e})")))?;
+        let Some(graph) = proto.graph.as_ref() else { return Err(not_onnx("it has no graph".into())) };
+        if graph.node.is_empty() || graph.output.is_empty() || proto.opset_import.is_empty() {
+            return Err(not_onnx("it has no nodes, outputs or opset".into()));
+        }
+        let metadata: HashMap<String, String> = proto.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+        let (input, from_meta) = match metadata.get("taoflow.input") {
+            Some(j) => (parse_input(j).map_err(|e| format!("`{what}`: metadata `taoflow.input` is invalid: {e}"))?, true),
+            None => {
+                let (c, h, w) = input_dims(graph).ok_or_else(|| format!("`{what}`: its input is not a static [N, C, H, W] image tensor and it has no `taoflow.input` metadata, so its preprocessing is unknown"))?;
+                if c != 1 && c != 3 {
+                    return Err(format!("`{what}`: its input has {c} channels; `taoflow infer` feeds images (1 or 3 channels)"));
+                }
+                (InputSpec::plain(w, h, c), false)
+            }
+        };
+        let classes: Vec<String> = match metadata.get("taoflow.classes") {
+            Some(j) => serde_json::from_str(j).map_err(|e| format!("`{what}`: metadata `taoflow.classes` is invalid: {e}"))?,
+            None => Vec::new(),
+        };
+        let model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| format!("`{what}`: tract cannot load this ONNX model: {e:#}"))?;
+        Ok(OnnxModel { model, input, classes, input_from_metadata: from_meta, metadata, plans: Mutex::new(HashMap::new()) })
+    }
+
+    fn plan(&self, n: usize) -> Result<Plan, String> {
+        if let Some(p) = self.plans.lock().expect("plan cache").get(&n) {
+            return Ok(p.clone());
+        }
+        let s = &self.input;
+        let shape = [n, s.channels as usize, s.height as usize, s.width as usize];
+        let p = self
+            .model
+            .clone()
+            .with_input_fact(0, f32::fact(shape).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| format!("tract cannot prepare the model for input {shape:?}: {e:#}"))?;
+        self.plans.lock().expect("plan cache").insert(n, p.clone());
+        Ok(p)
+    }
+
+    /// Run `n` normalised NCHW images; returns `[n, outputs]` row-major scores.
+    pub fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        let s = &self.input;
+        let shape = [n, s.channels as usize, s.height as usize, s.width as usize];
+        if images.len() != shape.iter().product::<usize>() {
+            return Err(format!("internal: {} values for input {shape:?}", images.len()));
+        }
+        let plan = self.plan(n)?;
+        let x = Tensor::from_shape(&shape, images).map_err(|e| format!("{e:#}"))?;
+        let out = plan.run(tvec!(x.into())).map_err(|e| format!("tract failed to run the model: {e:#}"))?;
+        let t = out[0].cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
+        let v = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
+        Ok(v.iter().copied().collect())
+    }
+}
+
+fn parse_input(j: &str) -> Result<InputSpec, String> {
+    let v: serde_json::Value = serde_json::from_str(j).map_err(|e| e.to_string())?;
+    let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as u32).ok_or_else(|| format!("`{k}` missing"));
+    let fl = |k: &str| -> Result<Vec<f32>, String> {
+        v.get(k).and_then(|x| x.as_array()).map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).ok_or_else(|| format!("`{k}` missing"))
+    };
+    let spec = InputSpec { width: u("width")?, height: u("height")?, channels: u("channels")?, mean: fl("mean")?, std: fl("std")? };
+    spec.validate()?;
+    Ok(spec)
+}
