@@ -188,6 +188,22 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Classify images with a model artifact (folder with model.json) or an ONNX file
+    /// (exported or INT8 QDQ, run with tract): the top-k classes with probabilities.
+    Infer {
+        /// A model artifact folder, an .onnx file, or a folder holding one .onnx file.
+        model: PathBuf,
+        /// Image files (PNG, JPEG, BMP, TIFF).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(short = 'k', long, default_value_t = 5)]
+        top_k: usize,
+        /// One JSON array of results on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+    },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {
         #[arg(required = true)]

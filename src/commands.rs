@@ -274,6 +274,7 @@ pub async fn main(cli: Cli) -> i32 {
                 EXIT_STAGE_FAILED
             }
         },
+        Command::Infer { model, images, top_k, json, batch_size } => infer_cmd(model, images, *top_k, *json, *batch_size),
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();
@@ -783,4 +784,56 @@ fn forward_cmd(arch: &str, classes: usize, weights: &Path, input: &Path, shape: 
     }
     std::fs::write(out, buf).map_err(|e| format!("cannot write `{}`: {e}", out.display()))?;
     Ok(format!("{arch}: {} logits written in {:.2}s", v.len(), t0.elapsed().as_secs_f64()))
+}
+
+fn infer_cmd(model: &Path, images: &[std::path::PathBuf], top_k: usize, json: bool, batch: usize) -> i32 {
+    if top_k == 0 {
+        eprint_error("--top-k must be at least 1");
+        return EXIT_INVALID;
+    }
+    let m = match crate::infer::load(model) {
+        Ok(m) => m,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_STAGE_FAILED;
+        }
+    };
+    for n in &m.notes {
+        eprintln!("note: {n}");
+    }
+    let preds = match crate::infer::predict(&m, images, top_k, batch) {
+        Ok(p) => p,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_STAGE_FAILED;
+        }
+    };
+    let failed = preds.iter().filter(|p| p.error.is_some()).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&preds).expect("serialises"));
+    } else {
+        eprintln!("{} — input {}x{}x{}", m.kind, m.input.channels, m.input.height, m.input.width);
+        for p in &preds {
+            match (&p.top, &p.error) {
+                (Some(top), _) => {
+                    println!("{}", p.image);
+                    for (i, s) in top.iter().enumerate() {
+                        println!("  {}. {:<24} {:.4}", i + 1, s.class, s.probability);
+                    }
+                }
+                (None, Some(e)) => eprint_error(&format!("`{}`: {e}", p.image)),
+                _ => {}
+            }
+        }
+    }
+    if failed > 0 {
+        if json {
+            for p in preds.iter().filter(|p| p.error.is_some()) {
+                eprint_error(&format!("`{}`: {}", p.image, p.error.as_deref().unwrap_or("")));
+            }
+        }
+        EXIT_STAGE_FAILED
+    } else {
+        EXIT_OK
+    }
 }

@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod gpu;
 pub mod graph;
 pub mod hash;
+pub mod infer;
 pub mod lockfile;
 pub mod metrics;
 pub mod model;

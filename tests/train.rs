@@ -8,34 +8,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::fixtures::learnable;
 use common::{text, Project};
-
-/// Three classes of 16×16 RGB images that a small network separates easily: a bright left
-/// half, a bright right half, horizontal stripes; with per-image noise.
-fn learnable(root: &Path, per_class: usize) {
-    let mut state = 0x1234_5678u32;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        (state % 60) as u8
-    };
-    for (ci, class) in ["left", "right", "stripes"].iter().enumerate() {
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for i in 0..per_class {
-            let img = image::RgbImage::from_fn(16, 16, |x, y| {
-                let on = match ci {
-                    0 => x < 8,
-                    1 => x >= 8,
-                    _ => (y / 2) % 2 == 0,
-                };
-                let base = if on { 180 } else { 20 };
-                image::Rgb([base + noise(), base + noise(), base + noise()])
-            });
-            img.save(root.join(class).join(format!("{i:03}.png"))).unwrap();
-        }
-    }
-}
 
 fn pipeline(p: &Project, train_extra: &str) {
     p.write(

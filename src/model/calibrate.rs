@@ -15,6 +15,8 @@ use super::onnx::{ActType, QParams, QuantSpec};
 pub const BINS: usize = 2048;
 /// Quantization levels of one sign of int8 (what EntropyCalibration2 merges into).
 pub const LEVELS: usize = 128;
+/// The largest fraction of a tensor's values the entropy method may clip.
+pub const MAX_CLIPPED: f64 = 0.01;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
@@ -110,11 +112,17 @@ impl Default for TensorStats {
 /// EntropyCalibration2's choice: the number of histogram bins `i` (128..=2048) to keep,
 /// such that the reference distribution (bins `0..i`, with everything beyond folded into
 /// bin `i-1`) and its 128-level quantization have the least KL divergence.
+///
+/// The first bin is set to its neighbour's count first (as NVIDIA's reference does): after a
+/// ReLU it holds every exact zero, and that spike would otherwise favour the narrowest range.
 pub fn entropy_bins(hist: &[u64]) -> usize {
     let n = hist.len();
     if n <= LEVELS {
         return n;
     }
+    let mut owned = hist.to_vec();
+    owned[0] = owned[1];
+    let hist = &owned[..];
     let total_beyond: Vec<u64> = {
         // suffix sums: beyond[i] = sum(hist[i..])
         let mut v = vec![0u64; n + 1];
@@ -126,7 +134,13 @@ pub fn entropy_bins(hist: &[u64]) -> usize {
     let mut best = (f64::INFINITY, n);
     let mut p = vec![0f64; n];
     let mut q = vec![0f64; n];
+    let total = total_beyond[0] as f64;
     for i in LEVELS..=n {
+        // A threshold that clips more than MAX_CLIPPED of the values is a degenerate minimum
+        // (with no mass near zero, P collapses into its last bin, which Q copies exactly).
+        if total_beyond[i] as f64 > MAX_CLIPPED * total {
+            continue;
+        }
         // Reference: the first i bins, outliers clipped into the last kept bin.
         for j in 0..i {
             p[j] = hist[j] as f64;
@@ -155,25 +169,24 @@ pub fn entropy_bins(hist: &[u64]) -> usize {
     best.1
 }
 
-/// KL(P || Q) of two unnormalised histograms; bins where Q is empty but P is not are
-/// smoothed with a tiny mass, as TensorRT and onnxruntime do.
+/// KL(P || Q) of two unnormalised histograms. A bin where P has mass and Q none makes it
+/// infinite (as scipy's `entropy`, which TensorRT's reference implementation in
+/// pytorch-quantization uses): a threshold that folds outliers into a bin the candidate
+/// cannot represent is never chosen.
 fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
     let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
     if sp <= 0.0 || sq <= 0.0 {
         return f64::INFINITY;
     }
-    // onnxruntime's smoothing: empty bins of Q get `eps`, taken evenly from the others.
-    let eps = 1e-4;
-    let zeros_q = q.iter().filter(|v| **v <= 0.0).count();
-    let nonzero_q = (q.len() - zeros_q).max(1);
-    let take = eps * zeros_q as f64 / nonzero_q as f64;
     let mut kl = 0.0;
     for (pi, qi) in p.iter().zip(q) {
         if *pi <= 0.0 {
             continue;
         }
-        let pn = pi / sp;
-        let qn = if *qi > 0.0 { (qi / sq - take).max(1e-12) } else { eps };
+        if *qi <= 0.0 {
+            return f64::INFINITY;
+        }
+        let (pn, qn) = (pi / sp, qi / sq);
         kl += pn * (pn / qn).ln();
     }
     kl
@@ -190,7 +203,17 @@ pub struct TensorRange {
 
 /// Thresholds of every tensor under `method`.
 pub fn ranges(stats: &BTreeMap<String, TensorStats>, method: Method) -> BTreeMap<String, TensorRange> {
-    stats.iter().map(|(k, s)| (k.clone(), TensorRange { min: s.min.min(0.0).max(f32::MIN), max: s.max.max(0.0), threshold: s.threshold(method) })).collect()
+    use rayon::prelude::*;
+    stats.par_iter().map(|(k, s)| (k.clone(), TensorRange { min: s.min.min(0.0).max(f32::MIN), max: s.max.max(0.0), threshold: s.threshold(method) })).collect()
+}
+
+/// The model input's exact range, from the preprocessing (pixels 0..255, mean/std per
+/// channel): a known bound needs no statistics, and entropy calibration of raw pixels
+/// (clumps of background, no mass near zero) is the textbook case where it misleads.
+pub fn input_range(spec: &crate::data::image_io::InputSpec) -> TensorRange {
+    let lo = spec.mean.iter().zip(&spec.std).map(|(m, s)| -m / s).fold(f32::INFINITY, f32::min);
+    let hi = spec.mean.iter().zip(&spec.std).map(|(m, s)| (1.0 - m) / s).fold(f32::NEG_INFINITY, f32::max);
+    TensorRange { min: lo.min(0.0), max: hi.max(0.0), threshold: lo.abs().max(hi.abs()) }
 }
 
 /// Quantization parameters of one activation tensor.
@@ -345,6 +368,16 @@ mod tests {
         // Without outliers the threshold stays near the tail.
         let t2 = stats_of(&normal(200_000)).threshold(Method::Entropy);
         assert!(t2 > 2.0 && t2 <= 5.5, "{t2}");
+    }
+
+    #[test]
+    fn entropy_never_clips_a_distribution_far_from_zero_to_nothing() {
+        // Two clumps (dark and bright pixels): no mass near zero.
+        let xs: Vec<f32> = (0..40_000).map(|i| if i % 2 == 0 { -1.7 - (i % 7) as f32 * 0.01 } else { 1.5 + (i % 13) as f32 * 0.05 }).collect();
+        let s = stats_of(&xs);
+        let t = s.threshold(Method::Entropy);
+        let clipped = xs.iter().filter(|x| x.abs() > t).count() as f64 / xs.len() as f64;
+        assert!(clipped <= MAX_CLIPPED + 1e-3, "threshold {t} clips {clipped}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! fold_batchnorm = true     # fold each batch norm into the convolution before it
 //! ```
 //!
-//! Output `model`: `model.onnx` (dynamic batch; classes, input size and preprocessing in
+//! Output `onnx` (`export.onnx`): `model.onnx` (dynamic batch; classes, input size and preprocessing in
 //! `metadata_props`) and `metrics.json` (ops, sizes, and the check below). Before it is
 //! stored, the ONNX model is run with tract on random images and must match the Burn
 //! forward pass (1e-4 relative for FP32, 2e-2 for FP16), so a broken export never lands.
@@ -76,8 +76,8 @@ impl StageKind for Export {
         Some(StageDef {
             params,
             inputs: vec![InputDecl { label: "model".into(), raw: model, span: mnode.span.clone() }],
-            outputs: vec![OutputDecl { name: "model".into(), path: PathBuf::from("outputs").join(stage).join("onnx"), span: mnode.span.clone(), owned: true }],
-            metrics: Some("model".into()),
+            outputs: vec![OutputDecl { name: "onnx".into(), path: PathBuf::from("outputs").join(stage).join("onnx"), span: mnode.span.clone(), owned: true }],
+            metrics: Some("onnx".into()),
             gpus: 0,
             description: None,
             typed: Arc::new(Parsed { precision, opset, fold_batchnorm }),
@@ -88,7 +88,7 @@ impl StageKind for Export {
         Box::pin(async move {
             let p = ctx.def.typed.downcast_ref::<Parsed>().ok_or_else(|| StageError::Failed("internal: export stage data missing".into()))?.clone();
             let model = ctx.inputs["model"].clone();
-            let out = ctx.outputs["model"].clone();
+            let out = ctx.outputs["onnx"].clone();
             let opts = ExportOptions { precision: p.precision, opset: p.opset, fold_batchnorm: p.fold_batchnorm, metadata: Vec::new() };
             tokio::task::spawn_blocking(move || export_artifact(&model, &out, &opts).map_err(StageError::Failed))
                 .await

@@ -171,7 +171,7 @@ pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::pa
 }
 
 /// Kinds on the roadmap, named in errors so users know they are coming.
-pub const PLANNED: &[&str] = &["detect_train", "segment_train"];
+pub const PLANNED: &[&str] = &["detectnet_v2", "unet"];
 
 pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)

@@ -15,7 +15,7 @@
 //! trt_version = "8601"         # the cache's header: TRT-<version>-EntropyCalibration2
 //! ```
 //!
-//! Output `model`: `model.int8.onnx` (QDQ: per-tensor activations, per-channel int8 weights,
+//! Output `int8` (`quantize.int8`): `model.int8.onnx` (QDQ: per-tensor activations, per-channel int8 weights,
 //! int32 biases; BN folded), `calibration.cache` (TensorRT's text format; tensor names are
 //! those of the `export` stage's ONNX model with `fold_batchnorm = true`, scale =
 //! threshold / 127) and `metrics.json` (FP32 vs INT8 accuracy through tract, ranges).
@@ -118,8 +118,8 @@ impl StageKind for Quantize {
         Some(StageDef {
             params,
             inputs: vec![InputDecl { label: "model".into(), raw: model, span: mnode.span.clone() }, InputDecl { label: "dataset".into(), raw: dataset, span: dnode.span.clone() }],
-            outputs: vec![OutputDecl { name: "model".into(), path: PathBuf::from("outputs").join(stage).join("int8"), span: mnode.span.clone(), owned: true }],
-            metrics: Some("model".into()),
+            outputs: vec![OutputDecl { name: "int8".into(), path: PathBuf::from("outputs").join(stage).join("int8"), span: mnode.span.clone(), owned: true }],
+            metrics: Some("int8".into()),
             gpus: 0,
             description: None,
             typed: Arc::new(cfg),
@@ -131,7 +131,7 @@ impl StageKind for Quantize {
             let cfg = ctx.def.typed.downcast_ref::<QuantizeConfig>().ok_or_else(|| StageError::Failed("internal: quantize stage data missing".into()))?.clone();
             let model = ctx.inputs["model"].clone();
             let dataset = ctx.inputs["dataset"].clone();
-            let out = ctx.outputs["model"].clone();
+            let out = ctx.outputs["int8"].clone();
             tokio::task::spawn_blocking(move || quantize_artifact(&model, &dataset, &out, &cfg).map_err(StageError::Failed))
                 .await
                 .map_err(|e| StageError::Failed(format!("quantize crashed: {e}")))?
@@ -186,7 +186,8 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     let t0 = std::time::Instant::now();
     let low = crate::model::onnx::Lowering::new(&g, true);
     let stats = crate::model::calibrate::collect(&g, &net, &low, &batches, &device)?;
-    let ranges = crate::model::calibrate::ranges(&stats, cfg.method);
+    let mut ranges = crate::model::calibrate::ranges(&stats, cfg.method);
+    ranges.insert("input".into(), crate::model::calibrate::input_range(&g.input));
     let spec = crate::model::calibrate::quant_spec(&ranges, &low.quantized_tensors(&g), cfg.act_type)?;
     let calib_secs = t0.elapsed().as_secs_f64();
     let meta = vec![
