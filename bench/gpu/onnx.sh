@@ -31,3 +31,17 @@ run unpruned,pruned $D/quickstart.onnx $D/pruned.onnx 256
 run pruned-fp32,pruned-int8 $D/pruned.onnx $D/pruned.int8.onnx 256
 run fp32,fp16 $D/mobilenet_v2-224.onnx $D/mobilenet_v2-224.fp16.onnx 128 --data /nonexistent
 run fp32,int8 $D/mobilenet_v2-224.onnx $D/mobilenet_v2-224.int8.onnx 128 --data /nonexistent
+# Parity on the GPU: CUDA FP32 and FP16 against CPU FP32 on the same random batch.
+$PY - "$D/mobilenet_v2-224.onnx" "$D/mobilenet_v2-224.fp16.onnx" <<'PY' | tee "$OUT/parity.txt"
+import sys, numpy as np, onnxruntime as ort
+fp32, fp16 = sys.argv[1:3]
+x = np.random.default_rng(0).standard_normal((8, 3, 224, 224), np.float32)
+ref = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+rel = lambda a: float(np.abs(a - ref).max() / np.abs(ref).max())
+if "CUDAExecutionProvider" in ort.get_available_providers():
+    for tag, m in (("fp32", fp32), ("fp16", fp16)):
+        s = ort.InferenceSession(m, providers=["CUDAExecutionProvider"])
+        print(f"CUDA {tag} vs CPU fp32: max rel diff {rel(s.run(None, {'input': x})[0]):.2e} (providers used: {s.get_providers()})")
+else:
+    print("no CUDAExecutionProvider")
+PY
