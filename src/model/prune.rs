@@ -532,6 +532,11 @@ mod tests {
             let y = forward(&pg, &pw, x);
             proptest::prop_assert_eq!(y.len(), 7);
             proptest::prop_assert!(y.iter().all(|v| v.is_finite()));
+            // ... and exports: tract runs the ONNX model and agrees with the forward pass.
+            let m = crate::model::onnx::export(&pg, &pw, &Default::default(), None).unwrap();
+            let got = crate::model::onnx_run::OnnxModel::from_bytes(&prost::Message::encode_to_vec(&m), "pruned").unwrap().run(&vec![1.0; 3 * 32 * 32], 1).unwrap();
+            let d = crate::stages::export::max_rel_diff(&got, &y);
+            proptest::prop_assert!(d < 1e-4, "export differs by {}", d);
         }
     }
 }
