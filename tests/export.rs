@@ -162,29 +162,9 @@ fn have_onnxruntime() -> bool {
     ok
 }
 
-/// Random weights with non-trivial batch-norm statistics (so that folding matters).
-fn random_weights(g: &ModelGraph, seed: u64) -> HashMap<String, WeightData> {
-    let device = Default::default();
-    <B as burn::tensor::backend::Backend>::seed(&device, seed);
-    let net = GraphNet::<B>::new(g, &device).unwrap();
-    let mut w: HashMap<String, WeightData> = net.export_weights().unwrap().into_iter().collect();
-    let mut r = taoflow::data::rng::Rng::new(seed);
-    for (k, v) in w.iter_mut() {
-        if k.ends_with("running_var") {
-            v.data.iter_mut().for_each(|x| *x = 0.5 + r.f64() as f32);
-        } else if k.ends_with("running_mean") || (v.shape.len() == 1 && !k.starts_with("fc") && !k.starts_with("classifier") && !k.starts_with("_fc")) {
-            v.data.iter_mut().for_each(|x| *x = r.f64() as f32 - 0.3);
-        }
-    }
-    w
-}
-
 fn burn_forward(g: &ModelGraph, w: &HashMap<String, WeightData>, x: &[f32], n: usize) -> Vec<f32> {
-    let device = Default::default();
-    let (net, missing) = GraphNet::<B>::new(g, &device).unwrap().load_weights(w, &device).unwrap();
-    assert!(missing.is_empty());
     let s = &g.input;
-    net.forward(Tensor::from_data(TensorData::new(x.to_vec(), [n, s.channels as usize, s.height as usize, s.width as usize]), &device)).into_data().to_vec::<f32>().unwrap()
+    taoflow::model::testutil::forward(g, w, Tensor::from_data(TensorData::new(x.to_vec(), [n, s.channels as usize, s.height as usize, s.width as usize]), &Default::default()))
 }
 
 fn ort(dir: &Path, model: &pb::ModelProto, x: &[f32], shape: [usize; 4], optimized: bool) -> (Vec<f32>, Option<HashMap<String, usize>>) {
@@ -212,18 +192,6 @@ fn ort(dir: &Path, model: &pb::ModelProto, x: &[f32], shape: [usize; 4], optimiz
     (y, ops)
 }
 
-fn graphs() -> Vec<ModelGraph> {
-    use taoflow::model::builders;
-    let spec = InputSpec::imagenet(32, 32);
-    let c: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
-    vec![
-        builders::resnet(18, 5, 0.25, spec.clone(), c.clone()).unwrap(),
-        builders::resnet(50, 5, 0.125, spec.clone(), c.clone()).unwrap(),
-        builders::mobilenet_v2(5, 0.5, spec.clone(), c.clone()),
-        builders::efficientnet_lite0(5, 0.5, spec, c),
-    ]
-}
-
 #[test]
 fn onnxruntime_runs_every_exported_architecture_like_burn() {
     if !have_onnxruntime() {
@@ -232,8 +200,8 @@ fn onnxruntime_runs_every_exported_architecture_like_burn() {
     use taoflow::model::prune::{Criterion, Equalization, Norm, PruneConfig};
     let dir = tempfile::tempdir().unwrap();
     let n = 3;
-    for (i, g) in graphs().into_iter().enumerate() {
-        let w = random_weights(&g, 40 + i as u64);
+    for (i, g) in taoflow::model::testutil::graphs().into_iter().enumerate() {
+        let w = taoflow::model::testutil::random_weights(&g, 40 + i as u64);
         let cfg = PruneConfig { norm: Norm::L1, criterion: Criterion::ParamRatio(0.6), granularity: 4, min_channels: 4, equalization: Equalization::ArithmeticMean, excluded: vec![] };
         let (sps, ls, keep) = taoflow::model::prune::select(&g, &w, &cfg).unwrap();
         let pg = taoflow::model::prune::apply_to_graph(&g, &sps, &ls, &keep).unwrap();

@@ -14,5 +14,7 @@ pub mod optim;
 pub mod pickle;
 pub mod prune;
 pub mod train;
-#[cfg(test)]
+/// Helpers shared by the unit tests and the integration tests (test architectures, random
+/// weights with non-trivial batch-norm statistics).
+#[doc(hidden)]
 pub mod testutil;

@@ -86,13 +86,10 @@ impl StageKind for Export {
 
     fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
         Box::pin(async move {
-            let p = ctx.def.typed.downcast_ref::<Parsed>().ok_or_else(|| StageError::Failed("internal: export stage data missing".into()))?.clone();
-            let model = ctx.inputs["model"].clone();
-            let out = ctx.outputs["onnx"].clone();
+            let p: Parsed = crate::stages::typed(ctx, "export")?;
+            let (model, out) = (ctx.inputs["model"].clone(), ctx.outputs["onnx"].clone());
             let opts = ExportOptions { precision: p.precision, opset: p.opset, fold_batchnorm: p.fold_batchnorm, metadata: Vec::new() };
-            tokio::task::spawn_blocking(move || export_artifact(&model, &out, &opts).map_err(StageError::Failed))
-                .await
-                .map_err(|e| StageError::Failed(format!("export crashed: {e}")))?
+            crate::stages::blocking("export", move || export_artifact(&model, &out, &opts)).await
         })
     }
 }

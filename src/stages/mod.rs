@@ -158,6 +158,16 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
     &KINDS
 }
 
+/// The kind's own parsed form (`StageDef::typed`), cloned for a blocking task.
+pub fn typed<T: Clone + 'static>(ctx: &RunCtx, kind: &str) -> Result<T, StageError> {
+    ctx.def.typed.downcast_ref::<T>().cloned().ok_or_else(|| StageError::Failed(format!("internal: {kind} stage data missing")))
+}
+
+/// Run CPU-heavy stage work on tokio's blocking pool; a panic becomes a stage failure.
+pub async fn blocking<T: Send + 'static>(kind: &'static str, f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, StageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StageError::Failed(format!("{kind} crashed: {e}")))?.map_err(StageError::Failed)
+}
+
 /// Build a folder beside `out` with `fill`, then swap it in: `out` is never half-written.
 pub fn write_dir_atomically<T>(out: &std::path::Path, fill: impl FnOnce(&std::path::Path) -> Result<T, StageError>) -> Result<T, StageError> {
     let parent = out.parent().unwrap_or(std::path::Path::new("."));

@@ -122,12 +122,9 @@ impl StageKind for Prune {
 
     fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
         Box::pin(async move {
-            let cfg = ctx.def.typed.downcast_ref::<PruneConfig>().ok_or_else(|| StageError::Failed("internal: prune stage data missing".into()))?.clone();
-            let model = ctx.inputs["model"].clone();
-            let out = ctx.outputs["model"].clone();
-            tokio::task::spawn_blocking(move || prune_artifact(&model, &out, &cfg))
-                .await
-                .map_err(|e| StageError::Failed(format!("prune crashed: {e}")))?
+            let cfg: PruneConfig = crate::stages::typed(ctx, "prune")?;
+            let (model, out) = (ctx.inputs["model"].clone(), ctx.outputs["model"].clone());
+            crate::stages::blocking("prune", move || prune_artifact(&model, &out, &cfg).map_err(|e| e.to_string())).await
         })
     }
 }

@@ -128,13 +128,9 @@ impl StageKind for Quantize {
 
     fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
         Box::pin(async move {
-            let cfg = ctx.def.typed.downcast_ref::<QuantizeConfig>().ok_or_else(|| StageError::Failed("internal: quantize stage data missing".into()))?.clone();
-            let model = ctx.inputs["model"].clone();
-            let dataset = ctx.inputs["dataset"].clone();
-            let out = ctx.outputs["int8"].clone();
-            tokio::task::spawn_blocking(move || quantize_artifact(&model, &dataset, &out, &cfg).map_err(StageError::Failed))
-                .await
-                .map_err(|e| StageError::Failed(format!("quantize crashed: {e}")))?
+            let cfg: QuantizeConfig = crate::stages::typed(ctx, "quantize")?;
+            let (model, dataset, out) = (ctx.inputs["model"].clone(), ctx.inputs["dataset"].clone(), ctx.outputs["int8"].clone());
+            crate::stages::blocking("quantize", move || quantize_artifact(&model, &dataset, &out, &cfg)).await
         })
     }
 }
