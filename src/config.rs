@@ -498,7 +498,7 @@ impl<'a> Fields<'a> {
     pub fn positive_uint(&mut self, key: &str, default: u64) -> u64 {
         match self.uint(key) {
             Some((0, n)) => {
-                self.diags.push(Diag::error(format!("`{key}` in {} must be positive", self.ctx)).at(&n.span, "zero"));
+                self.diags.push(Diag::error(format!("`{key}` must be positive")).at(&n.span, "zero"));
                 default
             }
             Some((v, _)) => v,

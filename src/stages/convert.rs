@@ -156,18 +156,8 @@ impl StageKind for Convert {
             },
             None => OnBad::Error,
         };
-        let positive = |f: &mut Fields<'_>, key: &str, default: u64| -> u64 {
-            match f.uint(key) {
-                Some((0, n)) => {
-                    f.diags.push(Diag::error(format!("`{key}` must be positive")).at(&n.span, "zero"));
-                    default
-                }
-                Some((v, _)) => v,
-                None => default,
-            }
-        };
-        let shard_max_mb = positive(f, "shard_max_mb", 256);
-        let shard_max_samples = positive(f, "shard_max_samples", 10_000) as usize;
+        let shard_max_mb = f.positive_uint("shard_max_mb", 256);
+        let shard_max_samples = f.positive_uint("shard_max_samples", 10_000) as usize;
         let opt = |f: &mut Fields<'_>, key: &str| f.str(key).map(|(s, _)| s);
         let options = SourceOptions {
             idx_images: opt(f, "images"),

@@ -56,14 +56,7 @@ impl StageKind for Evaluate {
         let model = f.required_str("model", "model = \"train.model\"");
         let dataset = f.required_str("dataset", "dataset = \"convert\"");
         let split = f.str("split").map(|(s, _)| s).unwrap_or_else(|| "val".into());
-        let batch_size = match f.uint("batch_size") {
-            Some((0, n)) => {
-                f.diags.push(Diag::error("`batch_size` must be positive").at(&n.span, "zero"));
-                1
-            }
-            Some((b, _)) => b as usize,
-            None => 64,
-        };
+        let batch_size = f.positive_uint("batch_size", 64) as usize;
         let mut top_k = vec![1, 5];
         if let Some(n) = f.get("top_k") {
             match &n.v {

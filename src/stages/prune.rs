@@ -92,14 +92,7 @@ impl StageKind for Prune {
             }
             (None, None) => Criterion::Threshold(0.1),
         };
-        let granularity = match f.uint("granularity") {
-            Some((0, n)) => {
-                f.diags.push(Diag::error("`granularity` must be positive").at(&n.span, "zero"));
-                8
-            }
-            Some((v, _)) => v as usize,
-            None => 8,
-        };
+        let granularity = f.positive_uint("granularity", 8) as usize;
         let min_channels = f.uint("min_channels").map(|(v, _)| v as usize).unwrap_or(16);
         let excluded: Vec<String> = f.str_list("excluded_layers").unwrap_or_default().into_iter().map(|(s, _)| s).collect();
         if f.diags.0.len() > before {

@@ -130,17 +130,9 @@ impl StageKind for Train {
                 }
             },
         };
-        let pos = |f: &mut Fields<'_>, key: &str, default: usize| match f.uint(key) {
-            Some((0, n)) => {
-                f.diags.push(Diag::error(format!("`{key}` must be positive")).at(&n.span, "zero"));
-                default
-            }
-            Some((v, _)) => v as usize,
-            None => default,
-        };
-        let epochs = pos(f, "epochs", 10);
-        let batch_size = pos(f, "batch_size", 32);
-        let val_every = pos(f, "val_every", 1);
+        let epochs = f.positive_uint("epochs", 10) as usize;
+        let batch_size = f.positive_uint("batch_size", 32) as usize;
+        let val_every = f.positive_uint("val_every", 1) as usize;
         let checkpoint_every = f.uint("checkpoint_every").map(|(v, _)| v as usize).unwrap_or(1);
         let unit = |f: &mut Fields<'_>, key: &str, default: f64, lo: f64, hi: f64| match f.float(key) {
             Some((v, n)) if !(v >= lo && v <= hi) => {
