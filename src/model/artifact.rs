@@ -58,14 +58,19 @@ pub fn read_raw(dir: &Path) -> Result<(ModelGraph, HashMap<String, WeightData>),
     Ok((graph, weights))
 }
 
+/// A network from a graph and weights that [`read_raw`] checked (every weight present).
+pub fn build<B: Backend>(graph: &ModelGraph, weights: &HashMap<String, WeightData>, device: &B::Device) -> Result<GraphNet<B>, String> {
+    let (net, missing) = GraphNet::<B>::new(graph, device)?.load_weights(weights, device)?;
+    if !missing.is_empty() {
+        return Err(format!("the weights lack {}", missing.join(", ")));
+    }
+    Ok(net)
+}
+
 /// Read a model artifact.
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(ModelGraph, GraphNet<B>), String> {
-    let graph = read_graph(dir)?;
-    let weights = super::import::read_weights(&dir.join("weights.safetensors"))?;
-    let (net, missing) = GraphNet::<B>::new(&graph, device)?.load_weights(&weights, device)?;
-    if !missing.is_empty() {
-        return Err(format!("`{}` lacks weights: {}", dir.join("weights.safetensors").display(), missing.join(", ")));
-    }
+    let (graph, weights) = read_raw(dir)?;
+    let net = build(&graph, &weights, device)?;
     Ok((graph, net))
 }
 

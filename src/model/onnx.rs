@@ -75,10 +75,9 @@ pub struct QuantSpec {
 pub struct Lowering {
     /// Layer (or `input`) -> the ONNX tensor holding its value (`None`: folded away).
     tensor: HashMap<String, Option<String>>,
-    /// Batch norm -> the convolution folded into it.
+    /// Batch norm -> the convolution folded into it (that convolution maps to `None` in
+    /// `tensor`: its output is the batch norm's).
     folded: HashMap<String, String>,
-    /// Convolutions whose output is a folded batch norm's.
-    absorbed: HashSet<String>,
 }
 
 impl Lowering {
@@ -92,7 +91,7 @@ impl Lowering {
         let ops: HashMap<&str, &Op> = g.layers.iter().map(|l| (l.name.as_str(), &l.op)).collect();
         let mut tensor: HashMap<String, Option<String>> = HashMap::new();
         tensor.insert("input".into(), Some("input".into()));
-        let (mut folded, mut absorbed) = (HashMap::new(), HashSet::new());
+        let mut folded = HashMap::new();
         for l in &g.layers {
             let name = match &l.op {
                 Op::Dropout { .. } => tensor.get(&l.inputs[0]).cloned().flatten(),
@@ -100,7 +99,6 @@ impl Lowering {
                     let src = &l.inputs[0];
                     if matches!(ops.get(src.as_str()), Some(Op::Conv2d { .. })) && readers.get(src.as_str()) == Some(&1) && *src != g.output {
                         folded.insert(l.name.clone(), src.clone());
-                        absorbed.insert(src.clone());
                         tensor.insert(src.clone(), None);
                     }
                     Some(l.name.clone())
@@ -116,7 +114,7 @@ impl Lowering {
         {
             tensor.insert(l.name.clone(), Some(OUTPUT.into()));
         }
-        Lowering { tensor, folded, absorbed }
+        Lowering { tensor, folded }
     }
 
     /// The tensor a layer's value lives in.
@@ -125,7 +123,7 @@ impl Lowering {
     }
 
     pub fn is_absorbed(&self, layer: &str) -> bool {
-        self.absorbed.contains(layer)
+        matches!(self.tensor.get(layer), Some(None))
     }
 
     /// `(layer, tensors)`: the ONNX tensors that hold each layer's output in the exported
@@ -341,7 +339,7 @@ pub fn standard_metadata(g: &ModelGraph) -> Vec<(String, String)> {
 
 /// Lower a model to ONNX. `weights` are by torchvision name, as in `weights.safetensors`.
 pub fn export(g: &ModelGraph, weights: &HashMap<String, WeightData>, opts: &ExportOptions, quant: Option<&QuantSpec>) -> Result<pb::ModelProto, String> {
-    g.validate()?;
+    let channels = g.validate()?;
     if !OPSETS.contains(&opts.opset) {
         return Err(format!("opset {} is not supported: choose {} to {}", opts.opset, OPSETS.start(), OPSETS.end()));
     }
@@ -352,7 +350,6 @@ pub fn export(g: &ModelGraph, weights: &HashMap<String, WeightData>, opts: &Expo
     let fp16 = opts.precision == Precision::Fp16;
     let mut b = Builder { nodes: Vec::new(), inits: Vec::new(), fp16, quant, dq: HashMap::new(), names: HashSet::new() };
     let w = |name: &str| weights.get(name).ok_or_else(|| format!("the weights lack `{name}`"));
-    let float_t = if fp16 { pb::tensor_proto::DataType::Float16 } else { pb::tensor_proto::DataType::Float };
 
     // Where each layer's value is read from (input is cast first in an FP16 model).
     let mut src: HashMap<String, String> = HashMap::new();
@@ -515,8 +512,7 @@ pub fn export(g: &ModelGraph, weights: &HashMap<String, WeightData>, opts: &Expo
     } else if last != OUTPUT {
         b.node("Identity", vec![last], vec![OUTPUT.into()], vec![]);
     }
-    let classes = g.validate()?.get(&g.output).copied().unwrap_or(0) as i64;
-    let _ = float_t;
+    let classes = channels.get(&g.output).copied().unwrap_or(0) as i64;
     let (c, h, wd) = (g.input.channels as i64, g.input.height as i64, g.input.width as i64);
     let graph = pb::GraphProto {
         node: b.nodes,

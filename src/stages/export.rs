@@ -14,13 +14,15 @@
 //! stored, the ONNX model is run with tract on random images and must match the Burn
 //! forward pass (1e-4 relative for FP32, 2e-2 for FP16), so a broken export never lands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::Fields;
+use crate::model::graph::ModelGraph;
+use crate::model::net::WeightData;
 use crate::diag::Diag;
 use crate::model::onnx::{ExportOptions, Precision};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
@@ -114,12 +116,12 @@ pub fn probe_images(n: usize, len: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Run the Burn reference and an ONNX model on the same random images: max relative diff.
-pub fn check_against_burn(model_dir: &Path, onnx: &[u8]) -> Result<f64, String> {
+pub fn check_against_burn(g: &ModelGraph, w: &HashMap<String, WeightData>, onnx: &[u8]) -> Result<f64, String> {
     use burn::backend::NdArray;
     use burn::tensor::{Tensor, TensorData};
     type B = NdArray<f32>;
     let device = Default::default();
-    let (g, net) = crate::model::artifact::load::<B>(model_dir, &device)?;
+    let net = crate::model::artifact::build::<B>(g, w, &device)?;
     let n = 2;
     let s = &g.input;
     let x = probe_images(n, s.len(), 7);
@@ -137,7 +139,7 @@ pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions) -> Result
     let (g, w) = crate::model::artifact::read_raw(model)?;
     let proto = crate::model::onnx::export(&g, &w, opts, None).map_err(|e| format!("cannot export `{}`: {e}", g.arch))?;
     let bytes = proto.encode_to_vec();
-    let diff = check_against_burn(model, &bytes)?;
+    let diff = check_against_burn(&g, &w, &bytes)?;
     let tol = if opts.precision == Precision::Fp16 { 2e-2 } else { 1e-4 };
     if diff > tol {
         return Err(format!("internal: the exported ONNX model differs from the model by {diff:.2e} (relative; allowed {tol:.0e}) on random input — please report this"));

@@ -129,9 +129,7 @@ fn conv_channels(g: &ModelGraph) -> BTreeMap<String, usize> {
 /// Prune the model artifact at `model` into `out` (a new model artifact with a report).
 pub fn prune_artifact(model: &Path, out: &Path, cfg: &PruneConfig) -> Result<Vec<String>, StageError> {
     let fail = StageError::Failed;
-    let text = std::fs::read_to_string(model.join("model.json")).map_err(|e| fail(format!("cannot read `{}` (is it a model artifact?): {e}", model.join("model.json").display())))?;
-    let g: ModelGraph = serde_json::from_str(&text).map_err(|e| fail(format!("`{}` is not a model graph: {e}", model.join("model.json").display())))?;
-    let w = crate::model::import::read_weights(&model.join("weights.safetensors")).map_err(fail)?;
+    let (g, w) = crate::model::artifact::read_raw(model).map_err(fail)?;
     for e in &cfg.excluded {
         if !g.layers.iter().any(|l| &l.name == e || l.name.starts_with(&format!("{e}."))) {
             return Err(fail(format!("`excluded_layers` names `{e}`, which is not a layer of `{}`", g.arch)));

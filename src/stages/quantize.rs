@@ -158,7 +158,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     type B = NdArray<f32>;
     let device = Default::default();
     let (g, w) = crate::model::artifact::read_raw(model)?;
-    let (_, net) = crate::model::artifact::load::<B>(model, &device)?;
+    let net = crate::model::artifact::build::<B>(&g, &w, &device)?;
     let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
     if !g.classes.is_empty() && ds.manifest.task == "classification" && g.classes != ds.manifest.classes {
         return Err(format!("the model's classes ({}) differ from the dataset's ({})", g.classes.join(", "), ds.manifest.classes.join(", ")));
