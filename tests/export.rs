@@ -26,7 +26,7 @@ fn pipeline(p: &Project, quantize_extra: &str) {
         &format!(
             "[pipeline]\nname = \"t\"\nseed = 3\n\
              [stages.convert]\nkind = \"convert\"\nformat = \"image_folder\"\nsource = \"imgs\"\nval_fraction = 0.25\n\
-             [stages.train]\nkind = \"train\"\ndataset = \"convert\"\narch = \"resnet18\"\nwidth = 0.125\ninput_size = 16\nbatch_size = 8\nepochs = 5\noptimizer = \"adam\"\nlr = 0.01\nschedule = \"soft_start_annealing\"\n\
+             [stages.train]\nkind = \"train\"\ndataset = \"convert\"\narch = \"resnet18\"\nwidth = 0.125\ninput_size = 16\nbatch_size = 8\nepochs = 8\noptimizer = \"adam\"\nlr = 0.01\nschedule = \"soft_start_annealing\"\n\
              [stages.quantize]\nkind = \"quantize\"\nmodel = \"train.model\"\ndataset = \"convert\"\ncalibration_batches = 3\nbatch_size = 8\n{quantize_extra}\n\
              [stages.export]\nkind = \"export\"\nmodel = \"train.model\"\n"
         ),
