@@ -92,6 +92,10 @@ pub enum Command {
         /// skipped, would-run, interrupted), key, reasons.
         #[arg(long)]
         json: bool,
+        /// Where training stages run: `auto` (each stage's `gpus`), `cpu`, or `cuda` (a GPU
+        /// for every train/retrain stage; needs a build with the `torch` feature).
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceArg,
     },
     /// Show each stage that is not up to date, and why (which parameter or input changed).
     Status {
@@ -219,4 +223,11 @@ pub enum Command {
         #[arg(short, long)]
         jobs: Option<usize>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
 }

@@ -118,7 +118,7 @@ fn exit_code(s: &RunSummary) -> i32 {
 
 pub async fn main(cli: Cli) -> i32 {
     match &cli.command {
-        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json } => {
+        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json, device } => {
             let t0 = Instant::now();
             let (pipeline, g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
@@ -140,6 +140,11 @@ pub async fn main(cli: Cli) -> i32 {
                 downstream: *downstream,
                 jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
                 keep_going: *keep_going,
+                device: match device {
+                    crate::cli::DeviceArg::Auto => engine::DeviceChoice::Auto,
+                    crate::cli::DeviceArg::Cpu => engine::DeviceChoice::Cpu,
+                    crate::cli::DeviceArg::Cuda => engine::DeviceChoice::Cuda,
+                },
             };
             let ui = Arc::new(Ui::new(*json));
             let cancel = cancel_on_signals();

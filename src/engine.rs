@@ -28,6 +28,30 @@ pub struct RunOptions {
     pub downstream: bool,
     pub jobs: usize,
     pub keep_going: bool,
+    /// `taoflow run --device`: where `train`/`retrain` stages run, over their own `gpus`.
+    pub device: DeviceChoice,
+}
+
+/// `--device auto|cpu|cuda`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// What each stage's `gpus` says.
+    #[default]
+    Auto,
+    /// Every training stage on the CPU (`gpus = 0`).
+    Cpu,
+    /// Every training stage on a GPU (at least `gpus = 1`).
+    Cuda,
+}
+
+/// The GPUs a stage leases, after `--device`.
+fn gpus_needed(kind: &str, gpus: u32, device: DeviceChoice) -> usize {
+    let trains = matches!(kind, "train" | "retrain");
+    match device {
+        DeviceChoice::Cpu if trains => 0,
+        DeviceChoice::Cuda if trains => gpus.max(1) as usize,
+        _ => gpus as usize,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -557,7 +581,7 @@ impl Engine {
         input_paths: BTreeMap<String, PathBuf>,
     ) -> (StageReport, Done) {
         let st = &self.p.stages[i];
-        let need = st.def.gpus as usize;
+        let need = gpus_needed(st.kind.name(), st.def.gpus, self.opts.device);
         if need > self.gpus.total() {
             let have = self.gpus.total();
             return self.not_done(

@@ -11,10 +11,15 @@ use super::net::{GraphNet, WeightData};
 
 /// Write `model.json` and `weights.safetensors` into `dir` (which must exist).
 pub fn save<B: Backend>(dir: &Path, graph: &ModelGraph, net: &GraphNet<B>) -> Result<(), String> {
+    save_weights(dir, graph, net.export_weights()?)
+}
+
+/// Write `model.json` and `weights.safetensors` from weights by torchvision name.
+pub fn save_weights(dir: &Path, graph: &ModelGraph, weights: Vec<(String, WeightData)>) -> Result<(), String> {
     let mut json = serde_json::to_vec_pretty(graph).map_err(|e| e.to_string())?;
     json.push(b'\n');
     std::fs::write(dir.join("model.json"), json).map_err(|e| format!("cannot write model.json: {e}"))?;
-    write_safetensors(&dir.join("weights.safetensors"), net.export_weights()?, &[("format", "pt"), ("arch", &graph.arch)])
+    write_safetensors(&dir.join("weights.safetensors"), weights, &[("format", "pt"), ("arch", &graph.arch)])
 }
 
 /// Write named tensors as safetensors (temp file + rename).

@@ -13,6 +13,9 @@ pub mod onnx_run;
 pub mod optim;
 pub mod pickle;
 pub mod prune;
+/// The GPU training engine over libtorch (feature `torch`).
+#[cfg(feature = "torch")]
+pub mod torch;
 pub mod train;
 /// Helpers shared by the unit tests and the integration tests (test architectures, random
 /// weights with non-trivial batch-norm statistics).

@@ -69,8 +69,9 @@ impl From<String> for TrainError {
     }
 }
 
-pub struct Outcome<B: Backend> {
-    pub net: GraphNet<B>,
+pub struct Outcome {
+    /// The trained weights by torchvision name (what `artifact::save_weights` writes).
+    pub weights: Vec<(String, WeightData)>,
     pub history: Vec<EpochRecord>,
     /// The epoch a checkpoint let this run start from (0: from the start).
     pub resumed_from: usize,
@@ -135,12 +136,12 @@ fn to_input<B: Backend>(b: &Batch, graph: &ModelGraph, device: &B::Device) -> Te
     Tensor::from_data(TensorData::new(b.images.clone(), [b.len, s.channels as usize, s.height as usize, s.width as usize]), device)
 }
 
-/// Mean cross-entropy (with smoothing) and correct predictions of a validation split.
-fn validate<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, ds: &Dataset, src: &Source, split: &str, batch_size: usize, device: &B::Device) -> Result<(f64, f64), String> {
+/// Summed cross-entropy, correct predictions and images of a validation split, on the Burn
+/// network in inference mode.
+fn validate_burn<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, batches: &mut dyn Iterator<Item = Result<Batch, String>>, device: &B::Device) -> Result<(f64, usize, usize), String> {
     let classes = graph.classes.len();
-    let opts = LoaderOptions { batch_size, shuffle: false, ..Default::default() };
     let (mut loss, mut hits, mut n) = (0.0f64, 0usize, 0usize);
-    for b in batches(ds, src, split, graph, &opts)? {
+    for b in batches {
         let b = b?;
         let logits = net.forward(to_input::<B>(&b, graph, device));
         let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
@@ -151,10 +152,111 @@ fn validate<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, ds: &Dataset,
         hits += argmax_hits(&v, &b.labels, classes);
         n += b.len;
     }
-    if n == 0 {
-        return Err(format!("the `{split}` split is empty"));
+    Ok((loss, hits, n))
+}
+
+/// A finished training step: mean loss, correct predictions, images.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDone {
+    pub loss: f64,
+    pub hits: usize,
+    pub images: usize,
+}
+
+/// What the training loop drives: the Burn engine (CPU, the reference) or the libtorch
+/// engine (GPU, feature `torch`). Both read and write weights and optimizer state under the
+/// same names, so a checkpoint of one resumes on the other.
+pub trait Engine {
+    /// One optimisation step at rate `lr`. Returns the steps that are now complete: an
+    /// asynchronous engine reports a step once the device has finished it.
+    fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String>;
+    /// The steps still in flight.
+    fn flush(&mut self) -> Result<Vec<StepDone>, String>;
+    /// Summed loss (no smoothing), correct predictions and images over `batches`, in
+    /// inference mode.
+    fn validate(&mut self, batches: &mut dyn Iterator<Item = Result<Batch, String>>) -> Result<(f64, usize, usize), String>;
+    /// Seed the engine's random draws (dropout) for an epoch.
+    fn seed(&mut self, seed: u64);
+    /// Optimizer steps taken.
+    fn steps(&self) -> u64;
+    fn weights(&self) -> Result<Vec<(String, WeightData)>, String>;
+    fn optimizer_state(&self) -> Result<Vec<(String, WeightData)>, String>;
+    fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String>;
+}
+
+/// The CPU engine: Burn's autodiff over NdArray, batches split across threads.
+pub struct BurnEngine<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> {
+    net: Option<GraphNet<B>>,
+    opt: Optimizer<B::InnerBackend>,
+    graph: ModelGraph,
+    smoothing: f64,
+    workers: usize,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> BurnEngine<B> {
+    pub fn new(graph: &ModelGraph, net: GraphNet<B>, cfg: &TrainConfig, device: &B::Device) -> Self {
+        // Chunks per batch: the cores (at most 8), or TAOFLOW_TRAIN_THREADS.
+        let workers = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
+        BurnEngine { net: Some(net), opt: Optimizer::new(cfg.optim.clone()), graph: graph.clone(), smoothing: cfg.label_smoothing, workers, device: device.clone() }
     }
-    Ok((loss / n as f64, hits as f64 / n as f64))
+
+    /// Split each batch into at most `n` chunks (1: whole-batch batch-norm statistics, as
+    /// on a GPU).
+    pub fn with_workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    fn net(&self) -> &GraphNet<B> {
+        self.net.as_ref().expect("the network is always put back")
+    }
+}
+
+impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Engine for BurnEngine<B> {
+    fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
+        let classes = self.graph.classes.len();
+        let (l, h, grads, stats) = step_parallel(self.net(), b, &self.graph, classes, self.smoothing, self.workers, &self.device)?;
+        self.opt.begin_step();
+        let opt = &mut self.opt;
+        let mut net = self.net.take().expect("the network is always put back").update(&grads, &mut |name, kernel, w, g| opt.step(name, kernel, w, g, lr));
+        net.update_running_stats(&stats, 0.1);
+        self.net = Some(net);
+        Ok(vec![StepDone { loss: l, hits: h, images: b.len }])
+    }
+
+    fn flush(&mut self) -> Result<Vec<StepDone>, String> {
+        Ok(Vec::new())
+    }
+
+    fn validate(&mut self, batches: &mut dyn Iterator<Item = Result<Batch, String>>) -> Result<(f64, usize, usize), String> {
+        validate_burn(&self.net().valid(), &self.graph, batches, &self.device)
+    }
+
+    fn seed(&mut self, seed: u64) {
+        B::seed(&self.device, seed);
+    }
+
+    fn steps(&self) -> u64 {
+        self.opt.steps
+    }
+
+    fn weights(&self) -> Result<Vec<(String, WeightData)>, String> {
+        self.net().export_weights()
+    }
+
+    fn optimizer_state(&self) -> Result<Vec<(String, WeightData)>, String> {
+        self.opt.export_state()
+    }
+
+    fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String> {
+        let (n, missing) = self.net.take().expect("the network is always put back").load_weights(weights, &self.device)?;
+        self.net = Some(n);
+        if !missing.is_empty() {
+            return Err(format!("lacks weights: {}", missing.join(", ")));
+        }
+        self.opt.import_state(steps, optimizer, &self.device)
+    }
 }
 
 /// Forward and backward of one batch, split into up to `workers` chunks that run on their
@@ -224,6 +326,33 @@ fn step_parallel<B: AutodiffBackend + ConvBackend>(
 type ChunkResult<B> = (f64, usize, Vec<(String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>)>, Vec<BnStats<<B as AutodiffBackend>::InnerBackend>>);
 type StepResult<B> = (f64, usize, HashMap<String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>, Vec<BnStats<<B as AutodiffBackend>::InnerBackend>>);
 
+/// Running sums of an epoch's finished steps.
+#[derive(Default)]
+struct Tally {
+    loss_sum: f64,
+    hits: usize,
+    seen: usize,
+}
+
+impl Tally {
+    fn add(&mut self, done: Vec<StepDone>, lr: f64, epoch: usize, batch: usize) -> Result<(), TrainError> {
+        for d in done {
+            if !d.loss.is_finite() {
+                return Err(TrainError::Failed(format!(
+                    "the loss became {} in epoch {} by batch {} (learning rate {lr:.3e})\n  = hint: lower `lr`, or use a schedule with a soft start",
+                    d.loss,
+                    epoch + 1,
+                    batch + 1
+                )));
+            }
+            self.hits += d.hits;
+            self.loss_sum += d.loss * d.images as f64;
+            self.seen += d.images;
+        }
+        Ok(())
+    }
+}
+
 /// The newest complete checkpoint in `dir` (`epoch-NNNN` folders with a `state.json`).
 fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
     let rd = std::fs::read_dir(dir).ok()?;
@@ -236,12 +365,12 @@ fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
         .max_by_key(|(n, _)| *n)
 }
 
-fn save_checkpoint<B: AutodiffBackend>(dir: &Path, net: &GraphNet<B>, opt: &Optimizer<B::InnerBackend>, state: &CheckpointState) -> Result<(), String> {
+fn save_checkpoint(dir: &Path, engine: &dyn Engine, state: &CheckpointState) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     let final_dir = dir.join(format!("epoch-{:04}", state.epochs_done));
     let tmp = tempfile::Builder::new().prefix(".ckpt-").tempdir_in(dir).map_err(|e| format!("cannot write a checkpoint in `{}`: {e}", dir.display()))?;
-    super::artifact::write_safetensors(&tmp.path().join("weights.safetensors"), net.export_weights()?, &[])?;
-    super::artifact::write_safetensors(&tmp.path().join("optimizer.safetensors"), opt.export_state()?, &[])?;
+    super::artifact::write_safetensors(&tmp.path().join("weights.safetensors"), engine.weights()?, &[])?;
+    super::artifact::write_safetensors(&tmp.path().join("optimizer.safetensors"), engine.optimizer_state()?, &[])?;
     let j = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
     std::fs::write(tmp.path().join("state.json"), j).map_err(|e| format!("cannot write a checkpoint: {e}"))?;
     let kept = tmp.keep();
@@ -259,20 +388,19 @@ fn save_checkpoint<B: AutodiffBackend>(dir: &Path, net: &GraphNet<B>, opt: &Opti
     Ok(())
 }
 
-/// Train `net` on `ds`. `ckpt_dir` holds checkpoints for this exact stage key: when it has
-/// one, training continues from it. `cancelled` is polled between batches.
+/// Train on `ds` with `engine`. `ckpt_dir` holds checkpoints for this exact stage key: when it
+/// has one, training continues from it. `cancelled` is polled between batches.
 #[allow(clippy::too_many_arguments)]
-pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
+pub fn train(
     graph: &ModelGraph,
-    mut net: GraphNet<B>,
+    engine: &mut dyn Engine,
     ds: &Dataset,
     cfg: &TrainConfig,
     ckpt_dir: Option<&Path>,
-    device: &B::Device,
     progress: &dyn Fn(Progress<'_>),
     cancelled: &dyn Fn() -> bool,
     log: &mut dyn FnMut(&str),
-) -> Result<Outcome<B::InnerBackend>, TrainError> {
+) -> Result<Outcome, TrainError> {
     let classes = graph.classes.len();
     if classes == 0 {
         return Err(TrainError::Failed("the model has no class names".into()));
@@ -290,22 +418,14 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     let per_epoch = if drop_last { n_train / cfg.batch_size } else { 1 } as u64;
     let total = per_epoch * cfg.epochs as u64;
 
-    // Chunks per batch: the cores (at most 8), or TAOFLOW_TRAIN_THREADS.
-    let workers = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
-    let mut opt = Optimizer::<B::InnerBackend>::new(cfg.optim.clone());
     let mut history = Vec::new();
     let mut start = 0;
     if let Some((done, path)) = ckpt_dir.and_then(latest_checkpoint) {
         let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| format!("cannot read checkpoint: {e}"))?;
         let st: CheckpointState = serde_json::from_str(&text).map_err(|e| format!("checkpoint `{}` is damaged: {e}", path.display()))?;
         let w = super::import::read_weights(&path.join("weights.safetensors"))?;
-        let (n, missing) = net.load_weights(&w, device)?;
-        if !missing.is_empty() {
-            return Err(TrainError::Failed(format!("checkpoint `{}` lacks weights: {}", path.display(), missing.join(", "))));
-        }
-        net = n;
         let os = super::import::read_weights(&path.join("optimizer.safetensors"))?;
-        opt.import_state(st.steps, &os, device)?;
+        engine.restore(&w, &os, st.steps).map_err(|e| format!("checkpoint `{}`: {e}", path.display()))?;
         history = st.history;
         start = done.min(cfg.epochs);
         log(&format!("resuming from the checkpoint after epoch {done} ({})", path.display()));
@@ -314,11 +434,12 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     for epoch in start..cfg.epochs {
         // Dropout draws: seeded by (seed, epoch), so a resumed run starts each epoch from the
         // same generator state (the order of draws across chunk threads may still vary).
-        B::seed(device, cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        engine.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let t0 = Instant::now();
         let opts = LoaderOptions { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, epoch: epoch as u64, drop_last, augment: cfg.augment, ..Default::default() };
-        let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut tally = Tally::default();
         let mut lr = cfg.lr;
+        let mut batches_run = 0;
         for (bi, b) in batches(ds, &train_src, &cfg.train_split, graph, &opts)?.enumerate() {
             if cancelled() {
                 return Err(TrainError::Interrupted);
@@ -326,29 +447,22 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
             let b = b?;
             let done = epoch as u64 * per_epoch + bi as u64;
             lr = cfg.schedule.lr(cfg.lr, done as f64 / total.max(1) as f64, epoch, cfg.epochs);
-            let (l, h, grads, stats) = step_parallel(&net, &b, graph, classes, cfg.label_smoothing, workers, device)?;
-            if !l.is_finite() {
-                return Err(TrainError::Failed(format!(
-                    "the loss became {l} in epoch {} batch {} (learning rate {lr:.3e})\n  = hint: lower `lr`, or use a schedule with a soft start",
-                    epoch + 1,
-                    bi + 1
-                )));
-            }
-            hits += h;
-            opt.begin_step();
-            net = net.update(&grads, &mut |name, kernel, w, g| opt.step(name, kernel, w, g, lr));
-            net.update_running_stats(&stats, 0.1);
-            loss_sum += l * b.len as f64;
-            seen += b.len;
+            let finished = engine.step(&b, lr)?;
+            tally.add(finished, lr, epoch, bi)?;
+            batches_run = bi + 1;
+            let (loss_sum, hits, seen) = (tally.loss_sum, tally.hits, tally.seen);
             let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             progress(Progress {
                 epoch: epoch + 1,
                 epochs: cfg.epochs,
                 done: done + 1,
                 total,
-                message: &format!("epoch {}/{} loss {:.4} acc {:.3} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen as f64, hits as f64 / seen as f64, rate),
+                message: &format!("epoch {}/{} loss {:.4} acc {:.3} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, hits as f64 / seen.max(1) as f64, rate),
             });
         }
+        let finished = engine.flush()?;
+        tally.add(finished, lr, epoch, batches_run.saturating_sub(1))?;
+        let Tally { loss_sum, hits, seen } = tally;
         if seen == 0 {
             return Err(TrainError::Failed("an epoch produced no batches".into()));
         }
@@ -356,8 +470,12 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
         let last = epoch + 1 == cfg.epochs;
         let (val_loss, val_accuracy) = match (&cfg.val_split, &val_src) {
             (Some(split), Some(src)) if last || (epoch + 1) % cfg.val_every.max(1) == 0 => {
-                let (l, a) = validate(&net.valid(), graph, ds, src, split, cfg.batch_size.max(64), device)?;
-                (Some(l), Some(a))
+                let opts = LoaderOptions { batch_size: cfg.batch_size.max(64), shuffle: false, ..Default::default() };
+                let (l, h, n) = engine.validate(&mut batches(ds, src, split, graph, &opts)?)?;
+                if n == 0 {
+                    return Err(TrainError::Failed(format!("the `{split}` split is empty")));
+                }
+                (Some(l / n as f64), Some(h as f64 / n as f64))
             }
             _ => (None, None),
         };
@@ -391,11 +509,11 @@ pub fn train<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
             && ((epoch + 1) % cfg.checkpoint_every == 0)
             && !last
         {
-            let st = CheckpointState { version: 1, epochs_done: epoch + 1, steps: opt.steps, history: history.clone() };
-            save_checkpoint(dir, &net, &opt, &st)?;
+            let st = CheckpointState { version: 1, epochs_done: epoch + 1, steps: engine.steps(), history: history.clone() };
+            save_checkpoint(dir, &*engine, &st)?;
         }
     }
-    Ok(Outcome { net: net.valid(), history, resumed_from: start, steps: opt.steps })
+    Ok(Outcome { weights: engine.weights()?, history, resumed_from: start, steps: engine.steps() })
 }
 
 /// Drop the weights of `graph`'s layers whose shapes differ from the file's: the new head

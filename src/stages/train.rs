@@ -61,12 +61,14 @@ struct Parsed {
     model: ModelSpec,
     cfg: TrainConfig,
     val_explicit: bool,
+    /// GPU arithmetic (`fp32`, `tf32`, `bf16`); not part of the stage key, like the device.
+    precision: String,
 }
 
 const KEYS: &[&str] = &[
     "dataset", "arch", "width", "pretrained", "init", "input_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "l1",
     "schedule", "min_lr", "warmup_epochs", "step_epochs", "gamma", "soft_start", "annealing_start", "label_smoothing", "hflip", "crop_padding", "freeze_blocks", "freeze_layers",
-    "train_split", "val_split", "val_every", "checkpoint_every",
+    "train_split", "val_split", "val_every", "checkpoint_every", "precision",
 ];
 
 impl StageKind for Train {
@@ -217,6 +219,7 @@ impl StageKind for Train {
             Some((s, _)) => Some(s),
             None => Some("val".into()),
         };
+        let precision = f.choice("precision", &["fp32", "tf32", "bf16"], "tf32");
         if f.diags.0.len() > before {
             return None;
         }
@@ -253,7 +256,7 @@ impl StageKind for Train {
             metrics: Some("model".into()),
             gpus: 0,
             description: None,
-            typed: Arc::new(Parsed { model, cfg, val_explicit }),
+            typed: Arc::new(Parsed { model, cfg, val_explicit, precision }),
         })
     }
 
@@ -264,6 +267,8 @@ impl StageKind for Train {
             cfg.seed = ctx.seed as u64;
             let model = p.model.clone();
             let val_explicit = p.val_explicit;
+            let precision = p.precision.clone();
+            let gpus = ctx.gpus.clone();
             let dataset = ctx.inputs["dataset"].clone();
             let pretrained = ctx.inputs.get("pretrained").cloned();
             let init = ctx.inputs.get("init").cloned();
@@ -279,7 +284,7 @@ impl StageKind for Train {
                         let _ = writeln!(l, "{s}");
                     }
                 };
-                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, cfg, val_explicit, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
+                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, cfg, val_explicit, &Where { gpus, precision }, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
                 if r.is_ok() {
                     let _ = std::fs::remove_dir_all(&ckpt);
                 }
@@ -328,6 +333,12 @@ fn head_layers(g: &ModelGraph) -> Vec<String> {
     g.layers.iter().filter(|l| l.name == g.output && matches!(l.op, Op::Linear { .. })).map(|l| l.name.clone()).collect()
 }
 
+/// Where a training stage runs: the GPUs it leased (none: the CPU) and the GPU precision.
+struct Where {
+    gpus: Vec<u32>,
+    precision: String,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_training(
     dataset: &Path,
@@ -336,6 +347,7 @@ fn run_training(
     spec: &ModelSpec,
     cfg: TrainConfig,
     val_explicit: bool,
+    place: &Where,
     ckpt: &Path,
     out: &Path,
     progress: &crate::stages::ProgressFn,
@@ -436,10 +448,41 @@ fn run_training(
 
     let total_progress = progress.clone();
     let prog = move |p: crate::model::train::Progress<'_>| (total_progress.0)(p.done, p.total, p.message);
-    let outcome = match crate::model::train::train::<B>(&graph, net, &ds, &cfg, Some(ckpt), &device, &prog, cancelled, log) {
-        Ok(o) => o,
-        Err(TrainError::Interrupted) => return Err(StageError::Interrupted),
-        Err(TrainError::Failed(m)) => return Err(fail(m)),
+    let outcome = {
+        let mut burn_engine;
+        #[cfg(feature = "torch")]
+        let mut torch_engine;
+        let engine: &mut dyn crate::model::train::Engine = match place.gpus.as_slice() {
+            [] => {
+                burn_engine = crate::model::train::BurnEngine::<B>::new(&graph, net, &cfg, &device);
+                &mut burn_engine
+            }
+            [gpu] => {
+                #[cfg(feature = "torch")]
+                {
+                    let precision = crate::model::torch::Precision::parse(&place.precision).ok_or_else(|| fail(format!("unknown precision `{}`", place.precision)))?;
+                    let t0 = std::time::Instant::now();
+                    let rt = crate::model::torch::Runtime::cuda(*gpu as usize, precision).map_err(fail)?;
+                    let weights: std::collections::HashMap<String, crate::model::net::WeightData> = net.export_weights().map_err(fail)?.into_iter().collect();
+                    let tnet = crate::model::torch::TorchNet::new(&graph, &weights, &frozen, &rt).map_err(fail)?;
+                    torch_engine = crate::model::torch::TorchEngine::new(tnet, &cfg, precision).map_err(fail)?;
+                    log(&format!("training on cuda:{gpu} ({}) with libtorch, ready in {:.1}s", place.precision, t0.elapsed().as_secs_f64()));
+                    notes.push(format!("trained on cuda:{gpu} ({})", place.precision));
+                    &mut torch_engine
+                }
+                #[cfg(not(feature = "torch"))]
+                {
+                    let _ = (gpu, &place.precision);
+                    return Err(fail("this taoflow was built without GPU training\n  = hint: build with `--features torch` (scripts/libtorch.sh fetches libtorch; docs/gpu.md), or train on the CPU: `gpus = 0` / `taoflow run --device cpu`".into()));
+                }
+            }
+            many => return Err(fail(format!("training on {} GPUs at once is not built yet\n  = hint: set `gpus = 1`", many.len()))),
+        };
+        match crate::model::train::train(&graph, engine, &ds, &cfg, Some(ckpt), &prog, cancelled, log) {
+            Ok(o) => o,
+            Err(TrainError::Interrupted) => return Err(StageError::Interrupted),
+            Err(TrainError::Failed(m)) => return Err(fail(m)),
+        }
     };
     if outcome.resumed_from > 0 {
         notes.push(format!("resumed from the checkpoint after epoch {}", outcome.resumed_from));
@@ -448,7 +491,7 @@ fn run_training(
     let history = outcome.history.clone();
     let params = graph.param_count();
     crate::stages::write_dir_atomically(out, |tmp| {
-        crate::model::artifact::save(tmp, &graph, &outcome.net).map_err(fail)?;
+        crate::model::artifact::save_weights(tmp, &graph, outcome.weights.clone()).map_err(fail)?;
         let summary = serde_json::json!({
             "arch": graph.arch,
             "parameters": params,

@@ -1,0 +1,809 @@
+//! The GPU training engine (feature `torch`): the layer graph interpreted with libtorch
+//! through tch — cuDNN convolutions and batch norms, cuBLAS linears, PyTorch's autograd,
+//! its fused Adam/AdamW/SGD kernels, channels-last layout and bf16 autocast — the same
+//! kernels PyTorch runs, without Python. docs/gpu.md has the measurements that chose it
+//! over Burn's CUDA backend. The Burn engine on the CPU stays the reference: tests check
+//! that both give the same forward pass, gradients step and loss curve.
+//!
+//! The build links only libtorch's CPU part; `Runtime::cuda` loads `libtorch_cuda.so` from
+//! the machine's PyTorch installation at run time.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, c_char};
+
+use tch::{Device, Kind, Tensor};
+
+use super::graph::{ModelGraph, Op};
+use super::net::WeightData;
+use super::optim::{OptimConfig, OptimKind};
+use super::train::{Engine, StepDone, TrainConfig};
+use crate::data::loader::Batch;
+
+mod ffi {
+    use super::c_char;
+    use tch::Tensor as T;
+    // Tensors cross as `at::Tensor*`, what tch's C_tensor points to.
+    type P = *mut std::ffi::c_void;
+    unsafe extern "C" {
+        pub fn tf_free(s: *mut c_char);
+        pub fn tf_fused_adam(p: *const P, g: *const P, m: *const P, v: *const P, steps: *const P, n: usize, lr: f64, beta1: f64, beta2: f64, wd: f64, eps: f64, decoupled: i32) -> *mut c_char;
+        pub fn tf_fused_sgd(p: *const P, g: *const P, bufs: *const P, n: usize, n_bufs: usize, wd: f64, momentum: f64, lr: f64, nesterov: i32, first_step: i32) -> *mut c_char;
+        pub fn tf_add_l1(p: *const P, g: *const P, n: usize, l1: f64) -> *mut c_char;
+        pub fn tf_grads_to_none(p: *const P, n: usize) -> *mut c_char;
+        pub fn tf_channels_last(t: P, out: *mut P) -> *mut c_char;
+        pub fn tf_autocast(enabled: i32, bf16: i32) -> *mut c_char;
+        pub fn tf_set_math(tf32_matmul: i32, tf32_cudnn: i32, cudnn_benchmark: i32) -> *mut c_char;
+    }
+    pub fn ptr(t: &T) -> P {
+        t.as_ptr() as P
+    }
+}
+
+fn check(e: *mut c_char) -> Result<(), String> {
+    if e.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a strdup'ed C string or null.
+    let s = unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned();
+    unsafe { ffi::tf_free(e) };
+    Err(format!("libtorch: {s}"))
+}
+
+fn ptrs(ts: &[&Tensor]) -> Vec<*mut std::ffi::c_void> {
+    ts.iter().map(|t| ffi::ptr(t)).collect()
+}
+
+trait Ck<T> {
+    fn ck(self) -> Result<T, String>;
+}
+impl<T> Ck<T> for Result<T, tch::TchError> {
+    fn ck(self) -> Result<T, String> {
+        self.map_err(|e| {
+            let s = e.to_string();
+            // libtorch appends a C++ backtrace; the first lines say what went wrong.
+            let short: String = s.lines().take_while(|l| !l.starts_with("Exception raised from")).take(6).collect::<Vec<_>>().join("\n");
+            format!("libtorch: {short}")
+        })
+    }
+}
+
+/// Numeric precision of training and inference on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// IEEE f32 everywhere (TF32 off).
+    Fp32,
+    /// f32 tensors, TF32 tensor-core math in convolutions and matmuls (PyTorch's default for
+    /// cuDNN convolutions).
+    Tf32,
+    /// bf16 autocast: convolutions and matmuls in bf16, weights, batch-norm statistics,
+    /// loss and optimizer in f32 (torch.autocast(dtype=torch.bfloat16)).
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fp32" => Some(Precision::Fp32),
+            "tf32" => Some(Precision::Tf32),
+            "bf16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+}
+
+/// Where the engine runs.
+pub struct Runtime {
+    pub device: Device,
+}
+
+static CUDA_LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Load libtorch's CUDA half, once: `$TAOFLOW_LIBTORCH/lib`, else the dynamic linker's
+/// search path (LD_LIBRARY_PATH). Its static initialisers register the CUDA backend.
+fn load_cuda() -> Result<(), String> {
+    CUDA_LOADED
+        .get_or_init(|| {
+            let mut tried = Vec::new();
+            let mut candidates = Vec::new();
+            if let Ok(dir) = std::env::var("TAOFLOW_LIBTORCH") {
+                candidates.push(format!("{dir}/lib/libtorch_cuda.so"));
+                candidates.push(format!("{dir}/libtorch_cuda.so"));
+            }
+            candidates.push("libtorch_cuda.so".into());
+            for c in candidates {
+                let name = CString::new(c.clone()).map_err(|e| e.to_string())?;
+                // SAFETY: dlopen with a valid C string; the handle is kept for the process.
+                let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+                if !h.is_null() {
+                    return Ok(());
+                }
+                // SAFETY: dlerror returns a thread-local C string or null.
+                let e = unsafe { libc::dlerror() };
+                let msg = if e.is_null() { "unknown error".to_string() } else { unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned() };
+                tried.push(format!("{c}: {msg}"));
+            }
+            Err(format!(
+                "cannot load PyTorch's CUDA library (libtorch_cuda.so):\n    {}\n  = hint: point LD_LIBRARY_PATH (or TAOFLOW_LIBTORCH) at a PyTorch {} installation's torch/lib, e.g. `export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib`",
+                tried.join("\n    "),
+                LIBTORCH_VERSION
+            ))
+        })
+        .clone()
+}
+
+/// The libtorch release this build was made against (scripts/libtorch.sh).
+pub const LIBTORCH_VERSION: &str = "2.11";
+
+impl Runtime {
+    /// CUDA device `index`, with libtorch's CUDA half loaded and the precision's math mode set.
+    pub fn cuda(index: usize, precision: Precision) -> Result<Self, String> {
+        load_cuda()?;
+        if !tch::Cuda::is_available() {
+            return Err("libtorch sees no CUDA device (is the NVIDIA driver loaded? `nvidia-smi` tells)".into());
+        }
+        let n = tch::Cuda::device_count() as usize;
+        if index >= n {
+            return Err(format!("cuda:{index} does not exist: libtorch sees {n} CUDA device(s)"));
+        }
+        let tf32 = precision != Precision::Fp32;
+        check(unsafe { ffi::tf_set_math(tf32 as i32, tf32 as i32, 0) })?;
+        Ok(Runtime { device: Device::Cuda(index) })
+    }
+
+    /// libtorch on the CPU: what the tests use to check this engine against Burn.
+    pub fn cpu() -> Self {
+        Runtime { device: Device::Cpu }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum LOp {
+    Conv { w: usize, b: Option<usize>, stride: [i64; 2], pad: [i64; 4], groups: i64 },
+    Bn { w: usize, b: usize, bn: usize, eps: f64, frozen: bool },
+    Relu,
+    Relu6,
+    MaxPool { kernel: [i64; 2], stride: [i64; 2], pad: [i64; 2] },
+    Gap,
+    Linear { w: usize, b: Option<usize> },
+    Dropout(f64),
+    Add,
+}
+
+struct Param {
+    name: String,
+    t: Tensor,
+    /// A conv/linear kernel: weight decay and L1 act on it.
+    kernel: bool,
+    trainable: bool,
+}
+
+/// The layer graph over libtorch tensors.
+pub struct TorchNet {
+    steps: Vec<(LOp, Vec<usize>)>,
+    output: usize,
+    params: Vec<Param>,
+    /// Running mean and variance per batch norm, with its weight-name prefix.
+    running: Vec<(String, Tensor, Tensor)>,
+    device: Device,
+    channels_last: bool,
+    input: [i64; 3],
+}
+
+fn tensor_of(d: &WeightData, device: Device) -> Result<Tensor, String> {
+    let shape: Vec<i64> = d.shape.iter().map(|&s| s as i64).collect();
+    Tensor::f_from_slice(&d.data).ck()?.f_reshape(&shape).ck()?.f_to_device(device).ck()
+}
+
+fn to_channels_last(t: &Tensor) -> Result<Tensor, String> {
+    let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
+    check(unsafe { ffi::tf_channels_last(ffi::ptr(t), &mut out) })?;
+    // SAFETY: the shim returns a heap-allocated at::Tensor, owned from here on.
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>, String> {
+    let flat = t.f_to_kind(Kind::Float).ck()?.f_to_device(Device::Cpu).ck()?.f_contiguous().ck()?.f_reshape([-1]).ck()?;
+    Vec::<f32>::try_from(&flat).map_err(|e| e.to_string())
+}
+
+impl TorchNet {
+    /// The graph with `weights` (every tensor the graph names) on `rt`'s device. Layers
+    /// for which `frozen` holds get no gradient, and their batch norms use running
+    /// statistics while training, as in the Burn engine.
+    pub fn new(graph: &ModelGraph, weights: &HashMap<String, WeightData>, frozen: &dyn Fn(&str) -> bool, rt: &Runtime) -> Result<Self, String> {
+        graph.validate()?;
+        let device = rt.device;
+        let channels_last = device != Device::Cpu;
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        index.insert("input", 0);
+        let mut params = Vec::new();
+        let mut running = Vec::new();
+        let mut add_param = |name: String, kernel: bool, trainable: bool, conv: bool| -> Result<usize, String> {
+            let d = weights.get(&name).ok_or_else(|| format!("no weight `{name}`"))?;
+            let mut t = tensor_of(d, device)?;
+            if conv && channels_last {
+                t = to_channels_last(&t)?;
+            }
+            let t = t.f_set_requires_grad(trainable).ck()?;
+            params.push(Param { name, t, kernel, trainable });
+            Ok(params.len() - 1)
+        };
+        let mut steps = Vec::new();
+        for (i, l) in graph.layers.iter().enumerate() {
+            let ins: Vec<usize> = l.inputs.iter().map(|n| index.get(n.as_str()).copied().ok_or_else(|| format!("layer `{}` reads unknown `{n}`", l.name))).collect::<Result<_, _>>()?;
+            let fz = frozen(&l.name);
+            let n = &l.name;
+            let op = match &l.op {
+                Op::Conv2d { stride, padding, groups, bias, .. } => LOp::Conv {
+                    w: add_param(format!("{n}.weight"), true, !fz, true)?,
+                    b: if *bias { Some(add_param(format!("{n}.bias"), false, !fz, false)?) } else { None },
+                    stride: [stride[0] as i64, stride[1] as i64],
+                    pad: [padding[0] as i64, padding[1] as i64, padding[2] as i64, padding[3] as i64],
+                    groups: *groups as i64,
+                },
+                Op::BatchNorm { eps, .. } => {
+                    let w = add_param(format!("{n}.weight"), false, !fz, false)?;
+                    let b = add_param(format!("{n}.bias"), false, !fz, false)?;
+                    let rm = weights.get(&format!("{n}.running_mean")).ok_or_else(|| format!("no weight `{n}.running_mean`"))?;
+                    let rv = weights.get(&format!("{n}.running_var")).ok_or_else(|| format!("no weight `{n}.running_var`"))?;
+                    running.push((n.clone(), tensor_of(rm, device)?, tensor_of(rv, device)?));
+                    LOp::Bn { w, b, bn: running.len() - 1, eps: *eps, frozen: fz }
+                }
+                Op::Relu => LOp::Relu,
+                Op::Relu6 => LOp::Relu6,
+                Op::MaxPool { kernel, stride, padding } => LOp::MaxPool {
+                    kernel: [kernel[0] as i64, kernel[1] as i64],
+                    stride: [stride[0] as i64, stride[1] as i64],
+                    pad: [padding[0] as i64, padding[1] as i64],
+                },
+                Op::GlobalAvgPool => LOp::Gap,
+                Op::Linear { bias, .. } => LOp::Linear {
+                    w: add_param(format!("{n}.weight"), true, !fz, false)?,
+                    b: if *bias { Some(add_param(format!("{n}.bias"), false, !fz, false)?) } else { None },
+                },
+                Op::Dropout { p } => LOp::Dropout(*p),
+                Op::Add => LOp::Add,
+            };
+            steps.push((op, ins));
+            index.insert(&l.name, i + 1);
+        }
+        let output = *index.get(graph.output.as_str()).ok_or_else(|| format!("output `{}` is not a layer", graph.output))?;
+        let s = &graph.input;
+        Ok(TorchNet { steps, output, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64] })
+    }
+
+    /// Images (`[n, C, H, W]` f32, as the loader makes them) onto the device, in the
+    /// engine's layout. The copy is asynchronous from pinned memory on a GPU.
+    pub fn input(&self, images: &[f32], n: usize) -> Result<Tensor, String> {
+        let [c, h, w] = self.input;
+        let x = Tensor::f_from_slice(images).ck()?.f_reshape([n as i64, c, h, w]).ck()?;
+        if self.device == Device::Cpu {
+            return Ok(x);
+        }
+        let x = x.f_pin_memory(self.device).ck()?.f_to_device_(self.device, Kind::Float, true, false).ck()?;
+        if self.channels_last { to_channels_last(&x) } else { Ok(x) }
+    }
+
+    /// Logits `[n, classes]` (f32). `train`: batch statistics (and running-stat updates) in
+    /// batch norms, dropout on.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, String> {
+        let mut vals: Vec<Option<Tensor>> = Vec::with_capacity(self.steps.len() + 1);
+        vals.push(Some(x.shallow_clone()));
+        // How many later steps read each value: drop a value after its last reader, as
+        // PyTorch's eager modules do, so activations are freed as soon as autograd allows.
+        let mut readers = vec![0usize; self.steps.len() + 1];
+        for (_, ins) in &self.steps {
+            for &i in ins {
+                readers[i] += 1;
+            }
+        }
+        readers[self.output] += 1;
+        let p = |i: usize| &self.params[i].t;
+        for (op, ins) in &self.steps {
+            let get = |k: usize| vals[ins[k]].as_ref().expect("a value is kept until its last reader");
+            let x = get(0);
+            let y = match op {
+                LOp::Conv { w, b, stride, pad, groups } => {
+                    let [t, l, bo, r] = *pad;
+                    if t == bo && l == r {
+                        x.f_conv2d(p(*w), b.map(p), stride, [t, l], [1, 1], *groups).ck()?
+                    } else {
+                        let xp = x.f_constant_pad_nd([l, r, t, bo]).ck()?;
+                        xp.f_conv2d(p(*w), b.map(p), stride, [0, 0], [1, 1], *groups).ck()?
+                    }
+                }
+                LOp::Bn { w, b, bn, eps, frozen } => {
+                    let (_, rm, rv) = &self.running[*bn];
+                    x.f_batch_norm(Some(p(*w)), Some(p(*b)), Some(rm), Some(rv), train && !frozen, 0.1, *eps, true).ck()?
+                }
+                LOp::Relu => x.f_relu().ck()?,
+                // ReLU6 as nn.ReLU6 computes it (hardtanh(0, 6)).
+                LOp::Relu6 => x.f_clamp(0.0, 6.0).ck()?,
+                LOp::MaxPool { kernel, stride, pad } => x.f_max_pool2d(kernel, stride, pad, [1, 1], false).ck()?,
+                LOp::Gap => x.f_mean_dim([2i64, 3].as_slice(), false, None::<Kind>).ck()?,
+                LOp::Linear { w, b } => x.f_linear(p(*w), b.map(p)).ck()?,
+                LOp::Dropout(pr) => x.f_dropout(*pr, train).ck()?,
+                LOp::Add => {
+                    let mut acc = x.f_add(get(1)).ck()?;
+                    for k in 2..ins.len() {
+                        acc = acc.f_add(get(k)).ck()?;
+                    }
+                    acc
+                }
+            };
+            for &i in ins {
+                readers[i] -= 1;
+                if readers[i] == 0 {
+                    vals[i] = None;
+                }
+            }
+            vals.push(Some(y));
+        }
+        let out = vals[self.output].take().ok_or("the output was dropped")?;
+        out.f_to_kind(Kind::Float).ck()
+    }
+
+    /// Every weight by torchvision name, as f32 (running statistics included).
+    pub fn export(&self) -> Result<Vec<(String, WeightData)>, String> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            out.push((p.name.clone(), WeightData { shape: p.t.size().iter().map(|&s| s as usize).collect(), data: to_vec(&p.t)? }));
+        }
+        for (n, rm, rv) in &self.running {
+            out.push((format!("{n}.running_mean"), WeightData { shape: vec![rm.size()[0] as usize], data: to_vec(rm)? }));
+            out.push((format!("{n}.running_var"), WeightData { shape: vec![rv.size()[0] as usize], data: to_vec(rv)? }));
+        }
+        Ok(out)
+    }
+
+    /// Overwrite weights (and running statistics) in place from `w`; every tensor must be there.
+    pub fn import(&mut self, w: &HashMap<String, WeightData>) -> Result<(), String> {
+        let _g = tch::no_grad_guard();
+        let dev = self.device;
+        let copy = |dst: &Tensor, name: &str| -> Result<(), String> {
+            let d = w.get(name).ok_or_else(|| format!("lacks weight `{name}`"))?;
+            if d.data.len() as i64 != dst.numel() as i64 {
+                return Err(format!("`{name}` has {} values, the model needs {}", d.data.len(), dst.numel()));
+            }
+            let src = tensor_of(d, dev)?.f_reshape(dst.size()).ck()?;
+            let mut dst = dst.shallow_clone();
+            dst.f_copy_(&src).ck()
+        };
+        for p in &self.params {
+            copy(&p.t, &p.name)?;
+        }
+        for (n, rm, rv) in &self.running {
+            copy(rm, &format!("{n}.running_mean"))?;
+            copy(rv, &format!("{n}.running_var"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Optimizer state per trainable parameter, in PyTorch's fused kernels' layout.
+struct OptState {
+    /// Adam: first and second moments; SGD with momentum: the buffer.
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Adam's per-parameter step counters (f32 scalars).
+    step_t: Vec<Tensor>,
+    steps: u64,
+}
+
+/// A step whose loss and hits are still on the device.
+struct Pending {
+    loss: Tensor,
+    hits: Tensor,
+    images: usize,
+}
+
+/// The training engine over [`TorchNet`].
+pub struct TorchEngine {
+    pub net: TorchNet,
+    cfg: OptimConfig,
+    smoothing: f64,
+    precision: Precision,
+    state: OptState,
+    /// Indices of trainable parameters: kernels (decayed) and the rest.
+    kernels: Vec<usize>,
+    others: Vec<usize>,
+    pending: std::collections::VecDeque<Pending>,
+}
+
+impl TorchEngine {
+    pub fn new(net: TorchNet, cfg: &TrainConfig, precision: Precision) -> Result<Self, String> {
+        let trainable: Vec<usize> = (0..net.params.len()).filter(|&i| net.params[i].trainable).collect();
+        let kernels: Vec<usize> = trainable.iter().copied().filter(|&i| net.params[i].kernel).collect();
+        let others: Vec<usize> = trainable.iter().copied().filter(|&i| !net.params[i].kernel).collect();
+        let zeros = |i: &usize| net.params[i.to_owned()].t.f_zeros_like().ck().and_then(|t| t.f_detach().ck());
+        let order: Vec<usize> = kernels.iter().chain(others.iter()).copied().collect();
+        let (m, v, step_t) = match cfg.optim.kind {
+            OptimKind::Sgd { momentum, .. } => (if momentum > 0.0 { order.iter().map(zeros).collect::<Result<_, _>>()? } else { Vec::new() }, Vec::new(), Vec::new()),
+            _ => (
+                order.iter().map(zeros).collect::<Result<_, _>>()?,
+                order.iter().map(zeros).collect::<Result<_, _>>()?,
+                order.iter().map(|_| Tensor::f_zeros(Vec::<i64>::new(), (Kind::Float, net.device)).ck()).collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, kernels, others, pending: Default::default(), net })
+    }
+
+    fn order(&self) -> Vec<usize> {
+        self.kernels.iter().chain(self.others.iter()).copied().collect()
+    }
+
+    fn with_autocast<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+        if self.precision != Precision::Bf16 || self.net.device == Device::Cpu {
+            return f();
+        }
+        check(unsafe { ffi::tf_autocast(1, 1) })?;
+        let r = f();
+        check(unsafe { ffi::tf_autocast(0, 1) })?;
+        r
+    }
+
+    /// Forward, loss, backward and the optimizer step on a device batch; the loss and
+    /// hits stay on the device.
+    pub fn step_tensors(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<(Tensor, Tensor), String> {
+        let order = self.order();
+        let all: Vec<&Tensor> = order.iter().map(|&i| &self.net.params[i].t).collect();
+        check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
+        let logits = self.with_autocast(|| self.net.forward(x, true))?;
+        let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, self.smoothing).ck()?;
+        loss.f_backward().ck()?;
+        let hits = tch::no_grad(|| logits.f_argmax(1, false).and_then(|a| a.f_eq_tensor(labels)).and_then(|e| e.f_sum(Kind::Int64))).ck()?;
+        self.optimizer_step(lr)?;
+        Ok((loss.f_detach().ck()?, hits))
+    }
+
+    fn optimizer_step(&mut self, lr: f64) -> Result<(), String> {
+        let _g = tch::no_grad_guard();
+        let order = self.order();
+        let nk = self.kernels.len();
+        let params: Vec<&Tensor> = order.iter().map(|&i| &self.net.params[i].t).collect();
+        let grads: Vec<Tensor> = params.iter().map(|t| t.grad()).collect();
+        // A parameter the loss does not reach (a head that a frozen path bypasses) has no
+        // gradient: it gets a zero one, as PyTorch's optimizers skip it... which would
+        // change Adam's step counts; zero gradients keep every counter in step instead.
+        let grads: Vec<Tensor> = grads.into_iter().zip(&params).map(|(g, p)| if g.defined() { Ok(g) } else { p.f_zeros_like().ck() }).collect::<Result<_, _>>()?;
+        let gref: Vec<&Tensor> = grads.iter().collect();
+        let (pp, gp) = (ptrs(&params), ptrs(&gref));
+        if self.cfg.l1 > 0.0 {
+            check(unsafe { ffi::tf_add_l1(pp.as_ptr(), gp.as_ptr(), nk, self.cfg.l1) })?;
+        }
+        let wd = self.cfg.weight_decay;
+        let first = self.state.steps == 0;
+        self.state.steps += 1;
+        match self.cfg.kind {
+            OptimKind::Sgd { momentum, nesterov } => {
+                let mref: Vec<&Tensor> = self.state.m.iter().collect();
+                let mp = ptrs(&mref);
+                let nb = |lo: usize, hi: usize| if mp.is_empty() { (std::ptr::null(), 0) } else { (mp[lo..hi].as_ptr(), hi - lo) };
+                let (b0, n0) = nb(0, nk);
+                check(unsafe { ffi::tf_fused_sgd(pp.as_ptr(), gp.as_ptr(), b0, nk, n0, wd, momentum, lr, nesterov as i32, first as i32) })?;
+                let (b1, n1) = nb(nk, params.len());
+                check(unsafe { ffi::tf_fused_sgd(pp[nk..].as_ptr(), gp[nk..].as_ptr(), b1, params.len() - nk, n1, 0.0, momentum, lr, nesterov as i32, first as i32) })?;
+            }
+            OptimKind::Adam { beta1, beta2, eps } | OptimKind::AdamW { beta1, beta2, eps } => {
+                let decoupled = matches!(self.cfg.kind, OptimKind::AdamW { .. }) as i32;
+                let (mref, vref, sref): (Vec<&Tensor>, Vec<&Tensor>, Vec<&Tensor>) = (self.state.m.iter().collect(), self.state.v.iter().collect(), self.state.step_t.iter().collect());
+                let (mp, vp, sp) = (ptrs(&mref), ptrs(&vref), ptrs(&sref));
+                let n = params.len();
+                check(unsafe { ffi::tf_fused_adam(pp.as_ptr(), gp.as_ptr(), mp.as_ptr(), vp.as_ptr(), sp.as_ptr(), nk, lr, beta1, beta2, wd, eps, decoupled) })?;
+                check(unsafe { ffi::tf_fused_adam(pp[nk..].as_ptr(), gp[nk..].as_ptr(), mp[nk..].as_ptr(), vp[nk..].as_ptr(), sp[nk..].as_ptr(), n - nk, lr, beta1, beta2, 0.0, eps, decoupled) })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inference logits for a device batch (no gradient, running statistics).
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor, String> {
+        let _g = tch::no_grad_guard();
+        self.with_autocast(|| self.net.forward(x, false))
+    }
+
+    fn labels(&self, b: &Batch) -> Result<Tensor, String> {
+        let l: Vec<i64> = b.labels.iter().map(|&x| x as i64).collect();
+        let t = Tensor::f_from_slice(&l).ck()?;
+        if self.net.device == Device::Cpu { Ok(t) } else { t.f_pin_memory(self.net.device).ck()?.f_to_device_(self.net.device, Kind::Int64, true, false).ck() }
+    }
+
+    fn finish(p: Pending) -> Result<StepDone, String> {
+        let loss = p.loss.f_double_value(&[]).ck()?;
+        let hits = p.hits.f_int64_value(&[]).ck()? as usize;
+        Ok(StepDone { loss, hits, images: p.images })
+    }
+}
+
+impl Engine for TorchEngine {
+    fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
+        let x = self.net.input(&b.images, b.len)?;
+        let y = self.labels(b)?;
+        let (loss, hits) = self.step_tensors(&x, &y, lr)?;
+        self.pending.push_back(Pending { loss, hits, images: b.len });
+        // Read a step's numbers only when the next one is queued: the GPU never waits for
+        // the host.
+        let mut done = Vec::new();
+        while self.pending.len() > 1 {
+            done.push(Self::finish(self.pending.pop_front().expect("non-empty"))?);
+        }
+        Ok(done)
+    }
+
+    fn flush(&mut self) -> Result<Vec<StepDone>, String> {
+        self.pending.drain(..).map(Self::finish).collect()
+    }
+
+    fn validate(&mut self, batches: &mut dyn Iterator<Item = Result<Batch, String>>) -> Result<(f64, usize, usize), String> {
+        let (mut loss, mut hits, mut n) = (None::<Tensor>, None::<Tensor>, 0usize);
+        for b in batches {
+            let b = b?;
+            let x = self.net.input(&b.images, b.len)?;
+            let y = self.labels(&b)?;
+            let logits = self.infer(&x)?;
+            let l = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).ck()?;
+            let h = logits.f_argmax(1, false).and_then(|a| a.f_eq_tensor(&y)).and_then(|e| e.f_sum(Kind::Int64)).ck()?;
+            loss = Some(match loss {
+                Some(acc) => acc.f_add(&l).ck()?,
+                None => l.f_to_kind(Kind::Double).ck()?,
+            });
+            hits = Some(match hits {
+                Some(acc) => acc.f_add(&h).ck()?,
+                None => h,
+            });
+            n += b.len;
+        }
+        let loss = match loss {
+            Some(t) => t.f_double_value(&[]).ck()?,
+            None => 0.0,
+        };
+        let hits = match hits {
+            Some(t) => t.f_int64_value(&[]).ck()? as usize,
+            None => 0,
+        };
+        Ok((loss, hits, n))
+    }
+
+    fn seed(&mut self, seed: u64) {
+        tch::manual_seed(seed as i64);
+    }
+
+    fn steps(&self) -> u64 {
+        self.state.steps
+    }
+
+    fn weights(&self) -> Result<Vec<(String, WeightData)>, String> {
+        self.net.export()
+    }
+
+    /// `name#0` (Adam's first moment or SGD's buffer) and `name#1` (second moment), flat,
+    /// as the Burn engine's optimizer writes them.
+    fn optimizer_state(&self) -> Result<Vec<(String, WeightData)>, String> {
+        let mut out = Vec::new();
+        for (k, &i) in self.order().iter().enumerate() {
+            let name = &self.net.params[i].name;
+            for (slot, list) in [&self.state.m, &self.state.v].into_iter().enumerate() {
+                if let Some(t) = list.get(k) {
+                    let data = to_vec(t)?;
+                    out.push((format!("{name}#{slot}"), WeightData { shape: vec![data.len()], data }));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String> {
+        self.net.import(weights)?;
+        let _g = tch::no_grad_guard();
+        let order = self.order();
+        for (k, &i) in order.iter().enumerate() {
+            let name = self.net.params[i].name.clone();
+            let size = self.net.params[i].t.size();
+            for (slot, list) in [&mut self.state.m, &mut self.state.v].into_iter().enumerate() {
+                if let Some(t) = list.get_mut(k) {
+                    let key = format!("{name}#{slot}");
+                    let d = optimizer.get(&key).ok_or_else(|| format!("the optimizer state lacks `{key}`"))?;
+                    let src = tensor_of(d, self.net.device)?.f_reshape(&size).ck()?;
+                    t.f_copy_(&src).ck()?;
+                }
+            }
+        }
+        for s in self.state.step_t.iter_mut() {
+            let _ = s.f_fill_(steps as f64).ck()?;
+        }
+        self.state.steps = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! libtorch on the CPU against the Burn engine (the reference): forward passes, training
+    //! steps with each optimizer, checkpoints across engines.
+    use super::*;
+    use crate::model::optim::Schedule;
+    use crate::model::testutil;
+    use crate::model::net::GraphNet;
+    use crate::model::train::BurnEngine;
+    use burn::backend::{Autodiff, NdArray};
+
+    type B = Autodiff<NdArray<f32>>;
+
+    fn images(n: usize, g: &ModelGraph, seed: u64) -> Vec<f32> {
+        let mut rng = crate::data::rng::Rng::new(seed);
+        (0..n * g.input.len()).map(|_| (rng.f64() as f32 - 0.5) * 3.0).collect()
+    }
+
+    fn batch(n: usize, g: &ModelGraph, seed: u64) -> Batch {
+        let classes = g.classes.len() as u32;
+        Batch { len: n, images: images(n, g, seed), labels: (0..n as u32).map(|i| (i * 7 + seed as u32) % classes).collect(), keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] }
+    }
+
+    fn rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    #[test]
+    fn forward_matches_burn_for_every_architecture() {
+        let rt = Runtime::cpu();
+        for g in testutil::graphs() {
+            let w = testutil::random_weights(&g, 3);
+            let x = images(2, &g, 5);
+            let s = &g.input;
+            let device = Default::default();
+            let xb = burn::tensor::Tensor::<NdArray<f32>, 4>::from_data(burn::tensor::TensorData::new(x.clone(), [2, s.channels as usize, s.height as usize, s.width as usize]), &device);
+            let want = testutil::forward(&g, &w, xb);
+            let net = TorchNet::new(&g, &w, &|_| false, &rt).unwrap();
+            let got = to_vec(&net.forward(&net.input(&x, 2).unwrap(), false).unwrap()).unwrap();
+            assert!(rel(&got, &want) < 1e-4, "{}: {}", g.arch, rel(&got, &want));
+        }
+    }
+
+    fn config(kind: OptimKind, wd: f64, l1: f64, smoothing: f64) -> TrainConfig {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 8,
+            lr: 0.05,
+            schedule: Schedule::Constant,
+            optim: OptimConfig { kind, weight_decay: wd, l1 },
+            label_smoothing: smoothing,
+            augment: None,
+            train_split: "train".into(),
+            val_split: None,
+            val_every: 1,
+            checkpoint_every: 0,
+            seed: 1,
+        }
+    }
+
+    /// The two engines moved the weights the same way: the updates (after - before) over all
+    /// weights point the same way (cosine > 0.995) with the same length (within 1 %). Single
+    /// elements are no test: Adam scales an element whose gradient is float noise to a
+    /// full-size step in either engine.
+    fn same_update(before: &HashMap<String, WeightData>, a: &HashMap<String, WeightData>, b: &HashMap<String, WeightData>) {
+        let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+        for (k, w0) in before {
+            for ((x0, xa), xb) in w0.data.iter().zip(&a[k].data).zip(&b[k].data) {
+                let (da, db) = ((xa - x0) as f64, (xb - x0) as f64);
+                dot += da * db;
+                na += da * da;
+                nb += db * db;
+            }
+        }
+        assert!(na > 0.0, "nothing moved");
+        let cos = dot / (na.sqrt() * nb.sqrt());
+        assert!(cos > 0.995 && (na.sqrt() / nb.sqrt() - 1.0).abs() < 0.01, "cosine {cos}, lengths {} vs {}", na.sqrt(), nb.sqrt());
+    }
+
+    /// Four steps on the same batches from the same weights: the losses, the weights and
+    /// the optimizer state of both engines agree.
+    fn same_steps(kind: OptimKind, lr: f64, wd: f64, l1: f64, frozen: &dyn Fn(&str) -> bool) {
+        // ResNet-18 (residual adds, batch norms, max pool) without dropout, whose draws differ.
+        let g = testutil::graphs().remove(0);
+        let w = testutil::random_weights(&g, 9);
+        let sgd = matches!(kind, OptimKind::Sgd { .. });
+        let cfg = config(kind, wd, l1, 0.1);
+        let device = Default::default();
+        let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+        let (net, _) = net.freeze(frozen);
+        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_workers(1);
+        let mut torch = TorchEngine::new(TorchNet::new(&g, &w, frozen, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
+        let (mut lb, mut lt) = (Vec::new(), Vec::new());
+        for i in 0..4 {
+            let b = batch(8, &g, i);
+            lb.extend(burn.step(&b, lr).unwrap().into_iter().map(|d| d.loss as f32));
+            lt.extend(torch.step(&b, lr).unwrap().into_iter().map(|d| d.loss as f32));
+        }
+        lt.extend(torch.flush().unwrap().into_iter().map(|d| d.loss as f32));
+        assert_eq!(lb.len(), 4);
+        // SGD is linear in the gradient: float differences stay small. Adam divides by the
+        // gradient's root mean square, so elements whose gradient is float noise take
+        // full steps in both engines, in different directions: the curves drift apart at
+        // the 1e-3 level within a few steps and stay there.
+        let tol = if sgd { 1e-4 } else { 1e-2 };
+        assert!(rel(&lt, &lb) < tol, "losses {lt:?} vs {lb:?}");
+        let wb: HashMap<String, WeightData> = burn.weights().unwrap().into_iter().collect();
+        let wt: HashMap<String, WeightData> = torch.weights().unwrap().into_iter().collect();
+        assert_eq!(wb.len(), wt.len());
+        same_update(&w, &wb, &wt);
+        for (k, v) in &wt {
+            if frozen(k.rsplit_once('.').unwrap().0) {
+                assert_eq!(v.data, w[k].data, "frozen `{k}` moved");
+            }
+        }
+        let ob: HashMap<String, WeightData> = burn.optimizer_state().unwrap().into_iter().collect();
+        let ot: HashMap<String, WeightData> = torch.optimizer_state().unwrap().into_iter().collect();
+        let mut kb: Vec<_> = ob.keys().collect();
+        let mut kt: Vec<_> = ot.keys().collect();
+        kb.sort();
+        kt.sort();
+        assert_eq!(kb, kt);
+        assert_eq!(burn.steps(), torch.steps());
+    }
+
+    #[test]
+    fn sgd_nesterov_with_decay_and_l1_steps_like_burn() {
+        same_steps(OptimKind::Sgd { momentum: 0.9, nesterov: true }, 0.005, 1e-3, 1e-4, &|_| false);
+    }
+
+    #[test]
+    fn adam_steps_like_burn() {
+        same_steps(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 1e-3, 1e-4, 0.0, &|_| false);
+    }
+
+    #[test]
+    fn adamw_with_frozen_stem_steps_like_burn() {
+        same_steps(OptimKind::AdamW { beta1: 0.9, beta2: 0.99, eps: 1e-8 }, 1e-3, 0.01, 0.0, &|n| n == "conv1" || n == "bn1" || n.starts_with("layer1."));
+    }
+
+    #[test]
+    fn checkpoint_moves_between_engines() {
+        // A Burn checkpoint resumes in the torch engine and gives the step Burn would take.
+        let g = testutil::graphs().remove(0);
+        let w = testutil::random_weights(&g, 4);
+        let cfg = config(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 0.0, 0.0, 0.0);
+        let device = Default::default();
+        let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_workers(1);
+        for i in 0..2 {
+            burn.step(&batch(8, &g, i), 0.01).unwrap();
+        }
+        let ws: HashMap<String, WeightData> = burn.weights().unwrap().into_iter().collect();
+        let os: HashMap<String, WeightData> = burn.optimizer_state().unwrap().into_iter().collect();
+        let mut torch = TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
+        torch.restore(&ws, &os, burn.steps()).unwrap();
+        let b = batch(8, &g, 7);
+        let lb = burn.step(&b, 0.01).unwrap()[0].loss;
+        torch.step(&b, 0.01).unwrap();
+        let lt = torch.flush().unwrap()[0].loss;
+        assert!((lb - lt).abs() / lb.abs() < 1e-4, "{lb} vs {lt}");
+        assert_eq!(torch.steps(), 3);
+        let wb: HashMap<String, WeightData> = burn.weights().unwrap().into_iter().collect();
+        let wt: HashMap<String, WeightData> = torch.weights().unwrap().into_iter().collect();
+        same_update(&ws, &wb, &wt);
+        // A checkpoint missing a tensor is refused with its name.
+        let mut partial = os.clone();
+        let k = partial.keys().next().unwrap().clone();
+        partial.remove(&k);
+        let e = torch.restore(&ws, &partial, 3).unwrap_err();
+        assert!(e.contains(&k), "{e}");
+    }
+
+    #[test]
+    fn validation_counts_like_burn() {
+        let g = testutil::graphs().remove(2);
+        let w = testutil::random_weights(&g, 2);
+        let cfg = config(OptimKind::Sgd { momentum: 0.0, nesterov: false }, 0.0, 0.0, 0.0);
+        let device = Default::default();
+        let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device);
+        let mut torch = TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
+        let bs = || (0..3).map(|i| Ok(batch(5, &g, i)));
+        let (lb, hb, nb) = burn.validate(&mut bs()).unwrap();
+        let (lt, ht, nt) = torch.validate(&mut bs()).unwrap();
+        assert_eq!((hb, nb), (ht, nt));
+        assert!((lb - lt).abs() / lb < 1e-4, "{lb} vs {lt}");
+    }
+}
