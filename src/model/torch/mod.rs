@@ -31,6 +31,7 @@ mod ffi {
         pub fn tf_add_l1(p: *const P, g: *const P, n: usize, l1: f64) -> *mut c_char;
         pub fn tf_grads_to_none(p: *const P, n: usize) -> *mut c_char;
         pub fn tf_channels_last(t: P, out: *mut P) -> *mut c_char;
+        pub fn tf_pin_memory(t: P, out: *mut P) -> *mut c_char;
         pub fn tf_autocast(enabled: i32, bf16: i32) -> *mut c_char;
         pub fn tf_set_math(tf32_matmul: i32, tf32_cudnn: i32, cudnn_benchmark: i32) -> *mut c_char;
     }
@@ -202,6 +203,14 @@ fn to_channels_last(t: &Tensor) -> Result<Tensor, String> {
     Ok(unsafe { Tensor::from_ptr(out as *mut _) })
 }
 
+/// A copy in page-locked memory, from which a host-to-device copy runs asynchronously.
+fn pinned(t: &Tensor) -> Result<Tensor, String> {
+    let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
+    check(unsafe { ffi::tf_pin_memory(ffi::ptr(t), &mut out) })?;
+    // SAFETY: as above.
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+}
+
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, String> {
     let flat = t.f_to_kind(Kind::Float).ck()?.f_to_device(Device::Cpu).ck()?.f_contiguous().ck()?.f_reshape([-1]).ck()?;
     Vec::<f32>::try_from(&flat).map_err(|e| e.to_string())
@@ -281,7 +290,7 @@ impl TorchNet {
         if self.device == Device::Cpu {
             return Ok(x);
         }
-        let x = x.f_pin_memory(self.device).ck()?.f_to_device_(self.device, Kind::Float, true, false).ck()?;
+        let x = pinned(&x)?.f_to_device_(self.device, Kind::Float, true, false).ck()?;
         if self.channels_last { to_channels_last(&x) } else { Ok(x) }
     }
 
@@ -301,6 +310,16 @@ impl TorchNet {
         readers[self.output] += 1;
         let p = |i: usize| &self.params[i].t;
         for (op, ins) in &self.steps {
+            // ReLU/ReLU6 overwrite their input when nothing else reads it (PyTorch's
+            // `inplace=True` in torchvision's models): one allocation and one pass less.
+            // Never the model input, which belongs to the caller.
+            if matches!(op, LOp::Relu | LOp::Relu6) && ins[0] != 0 && readers[ins[0]] == 1 {
+                let mut t = vals[ins[0]].take().expect("a value is kept until its last reader");
+                readers[ins[0]] = 0;
+                let y = if matches!(op, LOp::Relu) { t.f_relu_().ck()? } else { t.f_relu6_().ck()? };
+                vals.push(Some(y));
+                continue;
+            }
             let get = |k: usize| vals[ins[k]].as_ref().expect("a value is kept until its last reader");
             let x = get(0);
             let y = match op {
@@ -318,8 +337,9 @@ impl TorchNet {
                     x.f_batch_norm(Some(p(*w)), Some(p(*b)), Some(rm), Some(rv), train && !frozen, 0.1, *eps, true).ck()?
                 }
                 LOp::Relu => x.f_relu().ck()?,
-                // ReLU6 as nn.ReLU6 computes it (hardtanh(0, 6)).
-                LOp::Relu6 => x.f_clamp(0.0, 6.0).ck()?,
+                // ReLU6 as nn.ReLU6 computes it: hardtanh(0, 6), whose backward is one kernel
+                // (clamp's takes several).
+                LOp::Relu6 => x.f_relu6().ck()?,
                 LOp::MaxPool { kernel, stride, pad } => x.f_max_pool2d(kernel, stride, pad, [1, 1], false).ck()?,
                 LOp::Gap => x.f_mean_dim([2i64, 3].as_slice(), false, None::<Kind>).ck()?,
                 LOp::Linear { w, b } => x.f_linear(p(*w), b.map(p)).ck()?,
@@ -506,7 +526,7 @@ impl TorchEngine {
     fn labels(&self, b: &Batch) -> Result<Tensor, String> {
         let l: Vec<i64> = b.labels.iter().map(|&x| x as i64).collect();
         let t = Tensor::f_from_slice(&l).ck()?;
-        if self.net.device == Device::Cpu { Ok(t) } else { t.f_pin_memory(self.net.device).ck()?.f_to_device_(self.net.device, Kind::Int64, true, false).ck() }
+        if self.net.device == Device::Cpu { Ok(t) } else { pinned(&t)?.f_to_device_(self.net.device, Kind::Int64, true, false).ck() }
     }
 
     fn finish(p: Pending) -> Result<StepDone, String> {
@@ -697,11 +717,20 @@ mod tests {
         assert!(cos > 0.995 && (na.sqrt() / nb.sqrt() - 1.0).abs() < 0.01, "cosine {cos}, lengths {} vs {}", na.sqrt(), nb.sqrt());
     }
 
-    /// Four steps on the same batches from the same weights: the losses, the weights and
-    /// the optimizer state of both engines agree.
+    /// ResNet-18 (residual adds, batch norms, max pool; no dropout, whose draws differ) at
+    /// 64x64, so that its last batch norms see 2x2 maps: at 1x1 and a batch of 8, a channel's
+    /// batch variance can be near zero and amplify float noise without bound.
+    fn resnet64() -> ModelGraph {
+        let c: Vec<String> = (0..7).map(|i| i.to_string()).collect();
+        crate::model::builders::resnet(18, 7, 0.25, crate::data::image_io::InputSpec::imagenet(64, 64), c).unwrap()
+    }
+
+    /// Two steps on the same batches from the same weights (the second uses the optimizer
+    /// state of the first): the losses, the weight updates and the optimizer state of both
+    /// engines agree. More steps are no sharper test: random weights on batches of 8 are a
+    /// chaotic regime, where any two float orders part ways after a few steps.
     fn same_steps(kind: OptimKind, lr: f64, wd: f64, l1: f64, frozen: &dyn Fn(&str) -> bool) {
-        // ResNet-18 (residual adds, batch norms, max pool) without dropout, whose draws differ.
-        let g = testutil::graphs().remove(0);
+        let g = resnet64();
         let w = testutil::random_weights(&g, 9);
         let sgd = matches!(kind, OptimKind::Sgd { .. });
         let cfg = config(kind, wd, l1, 0.1);
@@ -711,18 +740,16 @@ mod tests {
         let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_workers(1);
         let mut torch = TorchEngine::new(TorchNet::new(&g, &w, frozen, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
         let (mut lb, mut lt) = (Vec::new(), Vec::new());
-        for i in 0..4 {
-            let b = batch(8, &g, i);
+        for i in 0..2 {
+            let b = batch(16, &g, i);
             lb.extend(burn.step(&b, lr).unwrap().into_iter().map(|d| d.loss as f32));
             lt.extend(torch.step(&b, lr).unwrap().into_iter().map(|d| d.loss as f32));
         }
         lt.extend(torch.flush().unwrap().into_iter().map(|d| d.loss as f32));
-        assert_eq!(lb.len(), 4);
-        // SGD is linear in the gradient: float differences stay small. Adam divides by the
-        // gradient's root mean square, so elements whose gradient is float noise take
-        // full steps in both engines, in different directions: the curves drift apart at
-        // the 1e-3 level within a few steps and stay there.
-        let tol = if sgd { 1e-4 } else { 1e-2 };
+        assert_eq!(lb.len(), 2);
+        // Adam divides by the gradient's root mean square, so elements whose gradient is
+        // float noise take full steps in both engines, in different directions.
+        let tol = if sgd { 1e-4 } else { 1e-3 };
         assert!(rel(&lt, &lb) < tol, "losses {lt:?} vs {lb:?}");
         let wb: HashMap<String, WeightData> = burn.weights().unwrap().into_iter().collect();
         let wt: HashMap<String, WeightData> = torch.weights().unwrap().into_iter().collect();
@@ -745,36 +772,36 @@ mod tests {
 
     #[test]
     fn sgd_nesterov_with_decay_and_l1_steps_like_burn() {
-        same_steps(OptimKind::Sgd { momentum: 0.9, nesterov: true }, 0.005, 1e-3, 1e-4, &|_| false);
+        same_steps(OptimKind::Sgd { momentum: 0.9, nesterov: true }, 0.002, 1e-3, 1e-4, &|_| false);
     }
 
     #[test]
     fn adam_steps_like_burn() {
-        same_steps(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 1e-3, 1e-4, 0.0, &|_| false);
+        same_steps(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 1e-4, 1e-4, 0.0, &|_| false);
     }
 
     #[test]
     fn adamw_with_frozen_stem_steps_like_burn() {
-        same_steps(OptimKind::AdamW { beta1: 0.9, beta2: 0.99, eps: 1e-8 }, 1e-3, 0.01, 0.0, &|n| n == "conv1" || n == "bn1" || n.starts_with("layer1."));
+        same_steps(OptimKind::AdamW { beta1: 0.9, beta2: 0.99, eps: 1e-8 }, 1e-4, 0.01, 0.0, &|n| n == "conv1" || n == "bn1" || n.starts_with("layer1."));
     }
 
     #[test]
     fn checkpoint_moves_between_engines() {
         // A Burn checkpoint resumes in the torch engine and gives the step Burn would take.
-        let g = testutil::graphs().remove(0);
+        let g = resnet64();
         let w = testutil::random_weights(&g, 4);
         let cfg = config(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 0.0, 0.0, 0.0);
         let device = Default::default();
         let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
         let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_workers(1);
         for i in 0..2 {
-            burn.step(&batch(8, &g, i), 0.01).unwrap();
+            burn.step(&batch(16, &g, i), 0.01).unwrap();
         }
         let ws: HashMap<String, WeightData> = burn.weights().unwrap().into_iter().collect();
         let os: HashMap<String, WeightData> = burn.optimizer_state().unwrap().into_iter().collect();
         let mut torch = TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
         torch.restore(&ws, &os, burn.steps()).unwrap();
-        let b = batch(8, &g, 7);
+        let b = batch(16, &g, 7);
         let lb = burn.step(&b, 0.01).unwrap()[0].loss;
         torch.step(&b, 0.01).unwrap();
         let lt = torch.flush().unwrap()[0].loss;

@@ -79,6 +79,10 @@ char *tf_grads_to_none(Tensor **p, size_t n) {
   })
 }
 
+char *tf_pin_memory(Tensor *t, Tensor **out) {
+  GUARD({ *out = new Tensor(t->pin_memory()); })
+}
+
 char *tf_channels_last(Tensor *t, Tensor **out) {
   GUARD({ *out = new Tensor(t->contiguous(at::MemoryFormat::ChannelsLast)); })
 }

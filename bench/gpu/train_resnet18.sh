@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Issues #4/#8 on the H200: our GPU training engine (libtorch through tch, examples/train_bench.rs)
+# against PyTorch (torchvision, bench/gpu/train_torch.py) in one call: time to the first
+# finished training step (process start to step done; the first run on the machine is the
+# "fresh" one, the second "warm"), steady-state training and inference img/s at batch 128 /
+# 256, 224x224, for ResNet-18 and MobileNetV2 in tf32 and bf16 (and fp32 for ResNet-18),
+# peak GPU memory (nvidia-smi, sampled every 100 ms, for both), and the loss over 50 steps
+# of Burn on the CPU vs our engine on the GPU. Prints a table; logs and JSON go to $OUT.
+#
+# Carry: dist/train_bench.xz (stripped example, xz). Needs PyTorch's libs at run time:
+# LD_LIBRARY_PATH=<site-packages>/torch/lib (set below for the GPU machine's venv).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-/opt/torch/.venv/bin/python}
+OUT=${OUT:-bench/outputs}
+mkdir -p "$OUT"
+TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$TORCH_LIB:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+BIN=${TMPDIR:-/tmp}/train_bench
+$PY -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' dist/train_bench.xz "$BIN" && chmod +x "$BIN"
+RES="$OUT/train_bench.jsonl"
+: > "$RES"
+
+# peak GPU memory of one command (MiB, whole process incl. context), appended to its JSON line
+run() {
+  local log="$OUT/run-$(date +%s%N).log"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log.mem" 2>/dev/null &
+  local smi=$!
+  "$@" > "$log" 2> "$log.err"
+  local rc=$?
+  kill $smi 2>/dev/null; wait $smi 2>/dev/null
+  local peak=$(sort -n "$log.mem" | tail -1)
+  if [ $rc -ne 0 ]; then echo "FAILED ($rc): $*"; tail -5 "$log.err"; return; fi
+  python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); d["smi_peak_mib"]=int(sys.argv[2] or 0); print(json.dumps(d))' "$log" "${peak:-0}" >> "$RES"
+}
+
+# first steps: fresh (first process on this machine) and warm
+run "$BIN" speed resnet18 224 128 tf32
+run "$BIN" speed resnet18 224 128 tf32
+for arch in resnet18 mobilenet_v2; do
+  for p in tf32 bf16; do
+    run "$BIN" speed $arch 224 128 $p
+    run $PY bench/gpu/train_torch.py $arch 224 128 $p
+    run $PY bench/gpu/train_torch.py $arch 224 128 $p --fused
+  done
+done
+run "$BIN" speed resnet18 224 128 fp32
+run $PY bench/gpu/train_torch.py resnet18 224 128 fp32
+# loss curves: Burn (CPU) vs libtorch (GPU), same weights and batches, 50 SGD steps
+"$BIN" curve resnet18 64 32 50 > "$OUT/curve_resnet18.json" 2> "$OUT/curve_resnet18.err" || echo "curve resnet18 FAILED"
+"$BIN" curve mobilenet_v2 64 32 50 > "$OUT/curve_mobilenet_v2.json" 2> "$OUT/curve_mobilenet_v2.err" || echo "curve mobilenet_v2 FAILED"
+
+$PY - "$RES" "$OUT" <<'PY'
+import json, sys, glob, os
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'impl':14} {'arch':13} {'prec':5} {'to 1st step s':>13} {'train img/s':>11} {'infer img/s':>11} {'peak MiB':>8}")
+for r in rows:
+    print(f"{r['impl']:14} {r['arch']:13} {r['precision']:5} {r['process_to_first_step_s']:13.2f} {r['train_img_s']:11.0f} {r['infer_img_s']:11.0f} {r.get('smi_peak_mib',0):8}")
+print("\nratios taoflow / pytorch (default foreach Adam) and / pytorch fused Adam:")
+def pick(impl, arch, p):
+    c = [r for r in rows if r["impl"] == impl and r["arch"] == arch and r["precision"] == p]
+    return c[-1] if c else None
+for arch in ("resnet18", "mobilenet_v2"):
+    for p in ("fp32", "tf32", "bf16"):
+        o, t, f = pick("taoflow", arch, p), pick("pytorch", arch, p), pick("pytorch-fused", arch, p)
+        if o and t:
+            s = f"{arch:13} {p:5} train {o['train_img_s']/t['train_img_s']:.2f}x  infer {o['infer_img_s']/t['infer_img_s']:.2f}x"
+            if f:
+                s += f"  | vs fused: train {o['train_img_s']/f['train_img_s']:.2f}x"
+            print(s)
+for f in sorted(glob.glob(os.path.join(sys.argv[2], "curve_*.json"))):
+    try:
+        d = json.loads(open(f).read())
+        print(f"loss after 50 steps {d['arch']}: CPU(Burn) {d['last10_cpu']:.4f}  GPU(libtorch) {d['last10_gpu']:.4f}  rel diff {d['rel_diff']*100:.2f}%  (max per-step {d['max_step_rel_diff']*100:.2f}%, {d['seconds']:.0f}s)")
+    except Exception as e:
+        print(f"{f}: {e}")
+PY

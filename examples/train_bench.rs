@@ -1,0 +1,211 @@
+//! GPU training benchmark of the libtorch engine (bench/gpu/train_resnet18.sh runs it next to
+//! PyTorch). Prints one JSON object per line.
+//!
+//! ```text
+//! train_bench speed  ARCH SIZE BATCH PRECISION   # first step, train and infer img/s on cuda:0
+//! train_bench curve  ARCH SIZE BATCH STEPS       # loss per step: Burn on the CPU vs libtorch on cuda:0
+//! ```
+//! ARCH: resnet18 | resnet50 | mobilenet_v2 | efficientnet_lite0; PRECISION: fp32 | tf32 | bf16.
+//! `speed` trains on synthetic images already on the GPU (as the PyTorch peer does), with
+//! Adam, 1000 classes; `curve` trains both engines from the same weights on the same
+//! learnable synthetic batches with SGD (momentum 0.9) and prints the loss curves of Burn on
+//! the CPU, libtorch on the CPU, and libtorch on the GPU in fp32, tf32 and bf16.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use taoflow::data::image_io::InputSpec;
+use taoflow::data::loader::Batch;
+use taoflow::model::builders;
+use taoflow::model::graph::{ModelGraph, Op};
+use taoflow::model::net::{GraphNet, WeightData};
+use taoflow::model::optim::{OptimConfig, OptimKind, Schedule};
+use taoflow::model::torch::{Precision, Runtime, TorchEngine, TorchNet};
+use taoflow::model::train::{BurnEngine, Engine, TrainConfig};
+
+type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+fn graph(arch: &str, size: u32, classes: usize) -> ModelGraph {
+    let spec = InputSpec::imagenet(size, size);
+    let c: Vec<String> = (0..classes).map(|i| format!("c{i}")).collect();
+    match arch {
+        "resnet18" => builders::resnet(18, classes, 1.0, spec, c).unwrap(),
+        "resnet50" => builders::resnet(50, classes, 1.0, spec, c).unwrap(),
+        "mobilenet_v2" => builders::mobilenet_v2(classes, 1.0, spec, c),
+        "efficientnet_lite0" => builders::efficientnet_lite0(classes, 1.0, spec, c),
+        other => panic!("unknown arch {other}"),
+    }
+}
+
+fn init_weights(g: &ModelGraph, seed: u64) -> HashMap<String, WeightData> {
+    let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, seed);
+    GraphNet::<B>::new(g, &device).unwrap().export_weights().unwrap().into_iter().collect()
+}
+
+fn cfg(kind: OptimKind, lr: f64) -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        batch_size: 0,
+        lr,
+        schedule: Schedule::Constant,
+        optim: OptimConfig { kind, weight_decay: 0.0, l1: 0.0 },
+        label_smoothing: 0.0,
+        augment: None,
+        train_split: "train".into(),
+        val_split: None,
+        val_every: 1,
+        checkpoint_every: 0,
+        seed: 0,
+    }
+}
+
+fn sync() {
+    tch::Cuda::synchronize(0);
+}
+
+fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Instant) {
+    let g = graph(arch, size, 1000);
+    let w = init_weights(&g, 1);
+    let t_init = Instant::now();
+    let rt = Runtime::cuda(0, precision).unwrap();
+    let init_s = t_init.elapsed().as_secs_f64();
+    let net = TorchNet::new(&g, &w, &|_| false, &rt).unwrap();
+    let mut eng = TorchEngine::new(net, &cfg(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 1e-3), precision).unwrap();
+    let n = batch * g.input.len();
+    let images: Vec<f32> = (0..n).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x = eng.net.input(&images, batch).unwrap();
+    let labels: Vec<i64> = (0..batch as i64).map(|i| (i * 37) % 1000).collect();
+    let y = tch::Tensor::from_slice(&labels).to_device(tch::Device::Cuda(0));
+    let t_first = Instant::now();
+    let (loss, _) = eng.step_tensors(&x, &y, 1e-3).unwrap();
+    let first_loss = loss.double_value(&[]);
+    sync();
+    let first_step_s = t_first.elapsed().as_secs_f64();
+    let to_first_step_s = t_main.elapsed().as_secs_f64();
+    for _ in 0..10 {
+        let _ = eng.step_tensors(&x, &y, 1e-3).unwrap();
+    }
+    sync();
+    let steps = 40;
+    let t = Instant::now();
+    let mut last = None;
+    for _ in 0..steps {
+        last = Some(eng.step_tensors(&x, &y, 1e-3).unwrap().0);
+    }
+    let last_loss = last.unwrap().double_value(&[]);
+    sync();
+    let train_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    let ib = 256;
+    let images: Vec<f32> = (0..ib * g.input.len()).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
+    let xi = eng.net.input(&images, ib).unwrap();
+    for _ in 0..5 {
+        let _ = eng.infer(&xi).unwrap();
+    }
+    sync();
+    let t = Instant::now();
+    let reps = 30;
+    for _ in 0..reps {
+        let _ = eng.infer(&xi).unwrap();
+    }
+    sync();
+    let infer_ips = (reps * ib) as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"impl": "taoflow", "arch": arch, "size": size, "batch": batch, "precision": format!("{precision:?}").to_lowercase(),
+            "init_s": init_s, "first_step_s": first_step_s, "process_to_first_step_s": to_first_step_s,
+            "train_img_s": train_ips, "infer_img_s": infer_ips, "first_loss": first_loss, "last_loss": last_loss})
+    );
+}
+
+/// Images whose class shows as a per-class pattern under noise, so the loss can fall.
+fn learnable_batch(g: &ModelGraph, n: usize, step: u64) -> Batch {
+    let mut rng = taoflow::data::rng::Rng::new(1000 + step);
+    let classes = g.classes.len();
+    let (c, h, w) = (g.input.channels as usize, g.input.height as usize, g.input.width as usize);
+    let mut images = vec![0f32; n * c * h * w];
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let k = rng.below(classes as u64) as usize;
+        labels.push(k as u32);
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let pattern = (((x * (k + 1) + y * (ch + 1)) % 7) as f32 / 3.0) - 1.0;
+                    images[((i * c + ch) * h + y) * w + x] = pattern + (rng.f64() as f32 - 0.5);
+                }
+            }
+        }
+    }
+    Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] }
+}
+
+/// Loss per step of `engine` over `steps` learnable batches.
+fn losses(engine: &mut dyn Engine, g: &ModelGraph, batch: usize, steps: usize, lr: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    for s in 0..steps {
+        let b = learnable_batch(g, batch, s as u64);
+        out.extend(engine.step(&b, lr).unwrap().into_iter().map(|d| d.loss));
+    }
+    out.extend(engine.flush().unwrap().into_iter().map(|d| d.loss));
+    out
+}
+
+fn curve(arch: &str, size: u32, batch: usize, steps: usize) {
+    let mut g = graph(arch, size, 10);
+    // Dropout draws differ between engines: off for this comparison.
+    for l in g.layers.iter_mut() {
+        if let Op::Dropout { p } = &mut l.op {
+            *p = 0.0;
+        }
+    }
+    let w = init_weights(&g, 7);
+    let lr = 0.002;
+    let c = cfg(OptimKind::Sgd { momentum: 0.9, nesterov: false }, lr);
+    let device = Default::default();
+    let t = Instant::now();
+    let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+    let burn_cpu = losses(&mut BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1), &g, batch, steps, lr);
+    let burn_s = t.elapsed().as_secs_f64();
+    // The same engine code on libtorch's CPU kernels: a second correct implementation, whose
+    // distance from Burn is what float rounding alone does to a training run.
+    let torch_cpu = losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, steps, lr);
+    let mut run_gpu = |p: Precision| {
+        let rt = Runtime::cuda(0, p).unwrap();
+        losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, steps, lr)
+    };
+    let gpu_fp32 = run_gpu(Precision::Fp32);
+    let gpu_tf32 = run_gpu(Precision::Tf32);
+    let gpu_bf16 = run_gpu(Precision::Bf16);
+    let tail = |v: &[f64]| v[v.len() - 10..].iter().sum::<f64>() / 10.0;
+    let rel = |v: &[f64]| (tail(v) - tail(&burn_cpu)).abs() / tail(&burn_cpu);
+    let max_step = |v: &[f64]| burn_cpu.iter().zip(v).map(|(a, b)| (a - b).abs() / a.abs()).fold(0f64, f64::max);
+    println!(
+        "{}",
+        serde_json::json!({"arch": arch, "size": size, "batch": batch, "steps": steps, "lr": lr, "optimizer": "sgd momentum 0.9",
+            "burn_cpu": burn_cpu, "torch_cpu": torch_cpu, "torch_gpu_fp32": gpu_fp32, "torch_gpu_tf32": gpu_tf32, "torch_gpu_bf16": gpu_bf16,
+            "last10": {"burn_cpu": tail(&burn_cpu), "torch_cpu": tail(&torch_cpu), "gpu_fp32": tail(&gpu_fp32), "gpu_tf32": tail(&gpu_tf32), "gpu_bf16": tail(&gpu_bf16)},
+            "last10_rel_diff_vs_burn": {"torch_cpu": rel(&torch_cpu), "gpu_fp32": rel(&gpu_fp32), "gpu_tf32": rel(&gpu_tf32), "gpu_bf16": rel(&gpu_bf16)},
+            "max_step_rel_diff_vs_burn": {"torch_cpu": max_step(&torch_cpu), "gpu_fp32": max_step(&gpu_fp32), "gpu_tf32": max_step(&gpu_tf32), "gpu_bf16": max_step(&gpu_bf16)},
+            "burn_seconds": burn_s, "seconds": t.elapsed().as_secs_f64()})
+    );
+}
+
+fn main() {
+    let t_main = Instant::now();
+    let a: Vec<String> = std::env::args().collect();
+    let usage = "usage: train_bench speed ARCH SIZE BATCH fp32|tf32|bf16 | curve ARCH SIZE BATCH STEPS";
+    if a.len() < 6 {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    }
+    let (arch, size, batch) = (a[2].as_str(), a[3].parse().expect("SIZE"), a[4].parse().expect("BATCH"));
+    match a[1].as_str() {
+        "speed" => speed(arch, size, batch, Precision::parse(&a[5]).expect("precision"), t_main),
+        "curve" => curve(arch, size, batch, a[5].parse().expect("STEPS")),
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}
