@@ -152,8 +152,12 @@ impl Runtime {
         Ok(Runtime { device: Device::Cuda(index) })
     }
 
-    /// libtorch on the CPU: what the tests use to check this engine against Burn.
+    /// libtorch on the CPU: what the tests use to check this engine against Burn. Loads the
+    /// CUDA half too where there is one: libtorch decides once, at its first use, whether
+    /// CUDA exists, so a CPU run before `cuda` would hide every GPU from the rest of the
+    /// process.
     pub fn cpu() -> Self {
+        let _ = load_cuda();
         Runtime { device: Device::Cpu }
     }
 }
