@@ -92,8 +92,8 @@ pub enum Command {
         /// skipped, would-run, interrupted), key, reasons.
         #[arg(long)]
         json: bool,
-        /// Where training stages run: `auto` (each stage's `gpus`), `cpu`, or `cuda` (a GPU
-        /// for every train/retrain stage; needs a build with the `torch` feature).
+        /// Where model stages run: `auto` (each stage's `gpus`), `cpu`, or `cuda` (a GPU for
+        /// every train/retrain/evaluate stage; needs a build with the `torch` feature).
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceArg,
     },

@@ -28,7 +28,7 @@ pub struct RunOptions {
     pub downstream: bool,
     pub jobs: usize,
     pub keep_going: bool,
-    /// `taoflow run --device`: where `train`/`retrain` stages run, over their own `gpus`.
+    /// `taoflow run --device`: where `train`/`retrain`/`evaluate` stages run, over their own `gpus`.
     pub device: DeviceChoice,
 }
 
@@ -38,15 +38,15 @@ pub enum DeviceChoice {
     /// What each stage's `gpus` says.
     #[default]
     Auto,
-    /// Every training stage on the CPU (`gpus = 0`).
+    /// Every model stage (train, retrain, evaluate) on the CPU (`gpus = 0`).
     Cpu,
-    /// Every training stage on a GPU (at least `gpus = 1`).
+    /// Every model stage on a GPU (at least `gpus = 1`).
     Cuda,
 }
 
 /// The GPUs a stage leases, after `--device`.
 fn gpus_needed(kind: &str, gpus: u32, device: DeviceChoice) -> usize {
-    let trains = matches!(kind, "train" | "retrain");
+    let trains = matches!(kind, "train" | "retrain" | "evaluate");
     match device {
         DeviceChoice::Cpu if trains => 0,
         DeviceChoice::Cuda if trains => gpus.max(1) as usize,

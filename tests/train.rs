@@ -225,3 +225,43 @@ fn train_prune_retrain_evaluate() {
     let s = text(&p.run(&["run", "p.toml"]));
     assert!(s.contains("`excluded_layers` names `layer9`, which is not a layer"), "{s}");
 }
+
+#[test]
+fn device_choice_is_checked_before_training() {
+    let p = Project::new();
+    learnable(&p.path("imgs"), 4);
+    pipeline(&p, "epochs = 1\n");
+    // `--device cuda` on a machine without GPUs: the stage fails with a hint, nothing trains.
+    let out = p.run(&["run", "p.toml", "--device", "cuda"]);
+    let s = text(&out);
+    assert!(!out.status.success(), "{s}");
+    assert!(s.contains("needs 1 GPU(s) but this machine has 0") && s.contains("hint"), "{s}");
+    assert!(!p.path("outputs/t/train/model/metrics.json").exists());
+    // A leased GPU (listed by hand) in a build without the `torch` feature: a clear error
+    // that says how to get GPU training or how to stay on the CPU.
+    pipeline(&p, "epochs = 1\ngpus = 1\nprecision = \"bf16\"\n");
+    let mut c = p.cmd(&["run", "p.toml"]);
+    c.env("TAOFLOW_GPUS", "0");
+    let out = c.output().unwrap();
+    let s = text(&out);
+    assert!(!out.status.success(), "{s}");
+    if cfg!(feature = "torch") {
+        assert!(s.contains("libtorch") || s.contains("CUDA"), "{s}");
+    } else {
+        assert!(s.contains("built without GPU training") && s.contains("--features torch") && s.contains("--device cpu"), "{s}");
+    }
+    assert!(!s.contains("panicked"), "{s}");
+    // `--device cpu` overrides the stage's `gpus`: it trains on the CPU, and the GPU-only
+    // `precision` is not part of the stage key (the same result either way).
+    let out = p.run(&["run", "p.toml", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(p.path("outputs/t/train/model/metrics.json").exists());
+    pipeline(&p, "epochs = 1\ngpus = 1\nprecision = \"fp32\"\n");
+    let (code, st, _) = p.run_json(&["--device", "cpu"]);
+    assert_eq!(code, 0);
+    assert_eq!(st["train"]["status"], "cached", "{st:?}");
+    // A typo in `precision` is caught when the file is read.
+    pipeline(&p, "epochs = 1\nprecision = \"fp8\"\n");
+    let s = text(&p.run(&["run", "p.toml"]));
+    assert!(s.contains("precision") && s.contains("fp8"), "{s}");
+}

@@ -96,11 +96,13 @@ impl StageKind for Evaluate {
             let model = ctx.inputs["model"].clone();
             let dataset = ctx.inputs["dataset"].clone();
             let out = ctx.outputs["evaluation"].clone();
+            let gpu = ctx.gpus.first().copied();
             tokio::task::spawn_blocking(move || {
-                let (report, ips) = evaluate_timed(&model, &dataset, &split, batch, &top_k).map_err(StageError::Failed)?;
+                let (report, ips) = evaluate_on(&model, &dataset, &split, batch, &top_k, gpu).map_err(StageError::Failed)?;
+                let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
                 crate::stages::write_dir_atomically(&out, |tmp| {
                     let mut v = serde_json::to_value(&report).expect("report serialises");
-                    v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": "cpu", "threads": rayon::current_num_threads()});
+                    v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "threads": rayon::current_num_threads()});
                     let mut j = serde_json::to_vec_pretty(&v).expect("report serialises");
                     j.push(b'\n');
                     std::fs::write(tmp.join("metrics.json"), j).map_err(|e| StageError::Failed(format!("cannot write metrics.json: {e}")))?;
@@ -124,9 +126,48 @@ pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: 
 /// [`evaluate`], with the forward pass's throughput (images per second, data loading
 /// excluded).
 pub fn evaluate_timed(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<(ClassificationReport, f64), String> {
-    type B = NdArray<f32>;
-    let device = Default::default();
-    let (graph, net) = crate::model::artifact::load::<B>(model, &device)?;
+    evaluate_on(model, dataset, split, batch, top_k, None)
+}
+
+/// Logits of a batch (`images` NCHW f32, `n` images), row-major `[n, classes]`.
+type Forward = Box<dyn FnMut(Vec<f32>, usize) -> Result<Vec<f32>, String>>;
+
+/// The model's forward pass on the CPU (Burn), or on GPU `gpu` (libtorch, feature `torch`).
+fn forward_fn(model: &Path, gpu: Option<u32>) -> Result<(crate::model::graph::ModelGraph, Forward), String> {
+    let (graph, weights) = crate::model::artifact::read_raw(model)?;
+    let spec = graph.input.clone();
+    match gpu {
+        None => {
+            type B = NdArray<f32>;
+            let device = Default::default();
+            let net = crate::model::artifact::build::<B>(&graph, &weights, &device)?;
+            let f: Forward = Box::new(move |images, n| {
+                let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(images, [n, spec.channels as usize, spec.height as usize, spec.width as usize]), &device);
+                net.forward(x).into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))
+            });
+            Ok((graph, f))
+        }
+        #[cfg(feature = "torch")]
+        Some(g) => {
+            use crate::model::torch::{Precision, Runtime, TorchNet};
+            let rt = Runtime::cuda(g as usize, Precision::Tf32)?;
+            let net = TorchNet::new(&graph, &weights, &|_| false, &rt)?;
+            let f: Forward = Box::new(move |images, n| {
+                let x = net.input(&images, n)?;
+                let _g = tch::no_grad_guard();
+                let logits = net.forward(&x, false)?;
+                Vec::<f32>::try_from(&logits.to_device(tch::Device::Cpu).contiguous().view([-1])).map_err(|e| e.to_string())
+            });
+            Ok((graph, f))
+        }
+        #[cfg(not(feature = "torch"))]
+        Some(_) => Err("this taoflow was built without GPU support for models\n  = hint: build with `--features torch` (docs/gpu.md), or evaluate on the CPU: `gpus = 0` / `taoflow run --device cpu`".into()),
+    }
+}
+
+/// [`evaluate_timed`] on the CPU or on a GPU.
+pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize], gpu: Option<u32>) -> Result<(ClassificationReport, f64), String> {
+    let (graph, mut forward) = forward_fn(model, gpu)?;
     let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
     if ds.manifest.task != "classification" {
         return Err(format!("`evaluate` handles classification datasets; this one is `{}`", ds.manifest.task));
@@ -146,9 +187,8 @@ pub fn evaluate_timed(model: &Path, dataset: &Path, split: &str, batch: usize, t
     let opts = LoaderOptions { batch_size: batch, shuffle: false, ..Default::default() };
     for b in ds.stream(split, &spec, &opts).map_err(|e| e.to_string())? {
         let b = b.map_err(|e| e.to_string())?;
-        let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(b.images, [b.len, spec.channels as usize, spec.height as usize, spec.width as usize]), &device);
         let t0 = std::time::Instant::now();
-        let logits = net.forward(x).into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let logits = forward(b.images, b.len)?;
         forward_secs += t0.elapsed().as_secs_f64();
         if logits.len() != b.len * n_classes {
             return Err(format!("the model has {} outputs, the dataset {n_classes} classes", logits.len() / b.len.max(1)));
