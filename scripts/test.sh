@@ -37,6 +37,10 @@ export CARGO_TERM_COLOR=never
 export INSTA_UPDATE=no
 cargo test --locked 2>&1
 cargo check --locked --benches --quiet
+# The GPU training engine (feature `torch`) against the Burn engine, on libtorch's CPU
+# kernels: libtorch 2.11 from PyPI's wheel (scripts/libtorch.sh, ~0.5 GB, cached in .libtorch/).
+bash scripts/libtorch.sh
+LD_LIBRARY_PATH="$PWD/.libtorch/lib:$LD_LIBRARY_PATH" cargo test --locked --features torch --lib model::torch 2>&1
 # The README's first command must work too.
 # (Release, as the README says: it trains a network, which a debug build of Burn's generic
 # code does ~50x slower.) The second run must be served from the store.
