@@ -92,10 +92,11 @@ pub enum Command {
         /// skipped, would-run, interrupted), key, reasons.
         #[arg(long)]
         json: bool,
-        /// Where model stages run: `auto` (each stage's `gpus`), `cpu`, or `cuda` (a GPU for
-        /// every train/retrain/evaluate stage; needs a build with the `torch` feature).
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceArg,
+        /// Where model stages run: `auto` (each stage's `gpus`), `cpu`, `cuda` (a GPU for
+        /// every train/retrain/evaluate stage; needs a build with the `torch` feature) or
+        /// `cuda:N` (GPU N only).
+        #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N")]
+        device: crate::engine::DeviceChoice,
     },
     /// Show each stage that is not up to date, and why (which parameter or input changed).
     Status {
@@ -223,11 +224,4 @@ pub enum Command {
         #[arg(short, long)]
         jobs: Option<usize>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
 }

@@ -140,11 +140,7 @@ pub async fn main(cli: Cli) -> i32 {
                 downstream: *downstream,
                 jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
                 keep_going: *keep_going,
-                device: match device {
-                    crate::cli::DeviceArg::Auto => engine::DeviceChoice::Auto,
-                    crate::cli::DeviceArg::Cpu => engine::DeviceChoice::Cpu,
-                    crate::cli::DeviceArg::Cuda => engine::DeviceChoice::Cuda,
-                },
+                device: *device,
             };
             let ui = Arc::new(Ui::new(*json));
             let cancel = cancel_on_signals();

@@ -40,8 +40,23 @@ pub enum DeviceChoice {
     Auto,
     /// Every model stage (train, retrain, evaluate) on the CPU (`gpus = 0`).
     Cpu,
-    /// Every model stage on a GPU (at least `gpus = 1`).
-    Cuda,
+    /// Every model stage on a GPU (at least `gpus = 1`); `cuda:N` uses GPU N only.
+    Cuda(Option<u32>),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(None)),
+            _ => match s.strip_prefix("cuda:").map(|n| n.parse::<u32>()) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(Some(n))),
+                _ => Err(format!("`{s}` is not a device: use auto, cpu, cuda or cuda:N (N a GPU ordinal)")),
+            },
+        }
+    }
 }
 
 /// The GPUs a stage leases, after `--device`.
@@ -49,7 +64,7 @@ fn gpus_needed(kind: &str, gpus: u32, device: DeviceChoice) -> usize {
     let trains = matches!(kind, "train" | "retrain" | "evaluate");
     match device {
         DeviceChoice::Cpu if trains => 0,
-        DeviceChoice::Cuda if trains => gpus.max(1) as usize,
+        DeviceChoice::Cuda(_) if trains => gpus.max(1) as usize,
         _ => gpus as usize,
     }
 }
@@ -213,7 +228,11 @@ pub async fn run(
         reporter,
         cancel,
         jobs: Semaphore::new(jobs),
-        gpus: GpuPool::new(crate::gpu::detect()),
+        gpus: GpuPool::new(match opts.device {
+            // `cuda:N`: GPU N only (none when this machine lacks it: stages then say so).
+            DeviceChoice::Cuda(Some(n)) => crate::gpu::detect().into_iter().filter(|g| *g == n).collect(),
+            _ => crate::gpu::detect(),
+        }),
         halt: AtomicBool::new(false),
         selected,
         forced,
@@ -770,4 +789,27 @@ async fn wait_cancel(mut rx: watch::Receiver<bool>) {
 
 fn file_name(p: &std::path::Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_parse_and_apply_to_model_stages_only() {
+        assert_eq!("auto".parse::<DeviceChoice>(), Ok(DeviceChoice::Auto));
+        assert_eq!("cpu".parse::<DeviceChoice>(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(None)));
+        assert_eq!("cuda:2".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(Some(2))));
+        for bad in ["gpu", "cuda:", "cuda:x", "CUDA"] {
+            assert!(bad.parse::<DeviceChoice>().unwrap_err().contains("cuda:N"), "{bad}");
+        }
+        assert_eq!(gpus_needed("train", 0, DeviceChoice::Cuda(None)), 1);
+        assert_eq!(gpus_needed("evaluate", 0, DeviceChoice::Cuda(Some(1))), 1);
+        assert_eq!(gpus_needed("retrain", 1, DeviceChoice::Cpu), 0);
+        assert_eq!(gpus_needed("train", 1, DeviceChoice::Auto), 1);
+        // Other kinds keep their own `gpus` (augment's kernel, exec commands).
+        assert_eq!(gpus_needed("augment", 1, DeviceChoice::Cpu), 1);
+        assert_eq!(gpus_needed("exec", 0, DeviceChoice::Cuda(None)), 0);
+    }
 }

@@ -237,6 +237,13 @@ fn device_choice_is_checked_before_training() {
     assert!(!out.status.success(), "{s}");
     assert!(s.contains("needs 1 GPU(s) but this machine has 0") && s.contains("hint"), "{s}");
     assert!(!p.path("outputs/t/train/model/metrics.json").exists());
+    // `cuda:N` names one GPU: one this machine lacks leaves none to lease.
+    let mut c = p.cmd(&["run", "p.toml", "--device", "cuda:3"]);
+    c.env("TAOFLOW_GPUS", "0");
+    let s = text(&c.output().unwrap());
+    assert!(s.contains("needs 1 GPU(s) but this machine has 0"), "{s}");
+    let out = p.run(&["run", "p.toml", "--device", "gpu"]);
+    assert!(!out.status.success() && text(&out).contains("cuda:N"), "{}", text(&out));
     // A leased GPU (listed by hand) in a build without the `torch` feature: a clear error
     // that says how to get GPU training or how to stay on the CPU.
     pipeline(&p, "epochs = 1\ngpus = 1\nprecision = \"bf16\"\n");
