@@ -170,7 +170,7 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize) {
     // The same engine code on libtorch's CPU kernels: a second correct implementation, whose
     // distance from Burn is what float rounding alone does to a training run.
     let torch_cpu = losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, steps, lr);
-    let mut run_gpu = |p: Precision| {
+    let run_gpu = |p: Precision| {
         let rt = Runtime::cuda(0, p).unwrap();
         losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, steps, lr)
     };
