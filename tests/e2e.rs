@@ -357,3 +357,31 @@ fn defaults_and_key_order_do_not_change_keys() {
     let (_, b, _) = p.run_json(&["--dry-run"]);
     assert_eq!(a["lint"]["key"], b["lint"]["key"]);
 }
+
+#[test]
+fn every_committed_pipeline_is_valid() {
+    // The pipelines in `pipelines/` (the README's, the GPU ones) parse, resolve their
+    // inputs and plan, without running anything: a key renamed in a stage kind cannot
+    // silently break them.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(root.join("pipelines")).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_taoflow"))
+            .args(["run", "--dry-run"])
+            .arg(&p)
+            .current_dir(root)
+            .env("TAOFLOW_STORE", store.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let s = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && s.contains("would run"), "{}: {s}", p.display());
+        n += 1;
+    }
+    assert!(n >= 5, "found {n} pipelines");
+}
