@@ -5,11 +5,7 @@
 # come from dist/assets (TAOFLOW_ASSETS). Copies each run's metrics to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-/opt/torch/.venv/bin/python}
-OUT=${OUT:-bench/outputs}
-mkdir -p "$OUT"
-TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$TORCH_LIB:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+. bench/gpu/torch_env.sh
 export TAOFLOW_ASSETS=${TAOFLOW_ASSETS:-$PWD/dist/assets}
 BIN=$(bash bench/gpu/unpack.sh)
 for p in quickstart mobilenet224-gpu; do

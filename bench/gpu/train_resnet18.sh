@@ -8,16 +8,11 @@
 # of Burn on the CPU vs our engine on the GPU. Prints a table; logs and JSON go to $OUT.
 #
 # Carry: dist/train_bench.xz (stripped example, xz). Needs PyTorch's libs at run time:
-# LD_LIBRARY_PATH=<site-packages>/torch/lib (set below for the GPU machine's venv).
+# LD_LIBRARY_PATH=<site-packages>/torch/lib (bench/gpu/torch_env.sh sets it).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-/opt/torch/.venv/bin/python}
-OUT=${OUT:-bench/outputs}
-mkdir -p "$OUT"
-TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$TORCH_LIB:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-BIN=${TMPDIR:-/tmp}/train_bench
-$PY -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' dist/train_bench.xz "$BIN" && chmod +x "$BIN"
+. bench/gpu/torch_env.sh
+BIN=$(bash bench/gpu/unpack.sh train_bench)
 RES="$OUT/train_bench.jsonl"
 : > "$RES"
 

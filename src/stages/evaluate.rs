@@ -152,16 +152,11 @@ fn forward_fn(model: &Path, gpu: Option<u32>) -> Result<(crate::model::graph::Mo
             use crate::model::torch::{Precision, Runtime, TorchNet};
             let rt = Runtime::cuda(g as usize, Precision::Tf32)?;
             let net = TorchNet::new(&graph, &weights, &|_| false, &rt)?;
-            let f: Forward = Box::new(move |images, n| {
-                let x = net.input(&images, n)?;
-                let _g = tch::no_grad_guard();
-                let logits = net.forward(&x, false)?;
-                Vec::<f32>::try_from(&logits.to_device(tch::Device::Cpu).contiguous().view([-1])).map_err(|e| e.to_string())
-            });
+            let f: Forward = Box::new(move |images, n| net.logits(&images, n));
             Ok((graph, f))
         }
         #[cfg(not(feature = "torch"))]
-        Some(_) => Err("this taoflow was built without GPU support for models\n  = hint: build with `--features torch` (docs/gpu.md), or evaluate on the CPU: `gpus = 0` / `taoflow run --device cpu`".into()),
+        Some(_) => Err(crate::stages::NO_GPU_BUILD.into()),
     }
 }
 

@@ -473,7 +473,7 @@ fn run_training(
                 #[cfg(not(feature = "torch"))]
                 {
                     let _ = (gpu, &place.precision);
-                    return Err(fail("this taoflow was built without GPU training\n  = hint: build with `--features torch` (scripts/libtorch.sh fetches libtorch; docs/gpu.md), or train on the CPU: `gpus = 0` / `taoflow run --device cpu`".into()));
+                    return Err(fail(crate::stages::NO_GPU_BUILD.into()));
                 }
             }
             many => return Err(fail(format!("training on {} GPUs at once is not built yet\n  = hint: set `gpus = 1`", many.len()))),
@@ -491,7 +491,7 @@ fn run_training(
     let history = outcome.history.clone();
     let params = graph.param_count();
     crate::stages::write_dir_atomically(out, |tmp| {
-        crate::model::artifact::save_weights(tmp, &graph, outcome.weights.clone()).map_err(fail)?;
+        crate::model::artifact::save_weights(tmp, &graph, outcome.weights).map_err(fail)?;
         let summary = serde_json::json!({
             "arch": graph.arch,
             "parameters": params,

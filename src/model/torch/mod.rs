@@ -368,6 +368,13 @@ impl TorchNet {
         out.f_to_kind(Kind::Float).ck()
     }
 
+    /// Inference logits of host images (`[n, C, H, W]` f32), row-major `[n, classes]`.
+    pub fn logits(&self, images: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        let x = self.input(images, n)?;
+        let _g = tch::no_grad_guard();
+        to_vec(&self.forward(&x, false)?)
+    }
+
     /// Every weight by torchvision name, as f32 (running statistics included).
     pub fn export(&self) -> Result<Vec<(String, WeightData)>, String> {
         let mut out = Vec::new();
@@ -429,19 +436,21 @@ pub struct TorchEngine {
     smoothing: f64,
     precision: Precision,
     state: OptState,
-    /// Indices of trainable parameters: kernels (decayed) and the rest.
-    kernels: Vec<usize>,
-    others: Vec<usize>,
+    /// Indices of the trainable parameters, kernels (decayed) first; the optimizer state
+    /// lists follow this order.
+    order: Vec<usize>,
+    /// How many of `order` are kernels.
+    n_kernels: usize,
     pending: std::collections::VecDeque<Pending>,
 }
 
 impl TorchEngine {
     pub fn new(net: TorchNet, cfg: &TrainConfig, precision: Precision) -> Result<Self, String> {
         let trainable: Vec<usize> = (0..net.params.len()).filter(|&i| net.params[i].trainable).collect();
-        let kernels: Vec<usize> = trainable.iter().copied().filter(|&i| net.params[i].kernel).collect();
-        let others: Vec<usize> = trainable.iter().copied().filter(|&i| !net.params[i].kernel).collect();
+        let (kernels, others): (Vec<usize>, Vec<usize>) = trainable.iter().partition(|&&i| net.params[i].kernel);
+        let n_kernels = kernels.len();
         let zeros = |i: &usize| net.params[i.to_owned()].t.f_zeros_like().ck().and_then(|t| t.f_detach().ck());
-        let order: Vec<usize> = kernels.iter().chain(others.iter()).copied().collect();
+        let order: Vec<usize> = kernels.into_iter().chain(others).collect();
         let (m, v, step_t) = match cfg.optim.kind {
             OptimKind::Sgd { momentum, .. } => (if momentum > 0.0 { order.iter().map(zeros).collect::<Result<_, _>>()? } else { Vec::new() }, Vec::new(), Vec::new()),
             _ => (
@@ -450,11 +459,7 @@ impl TorchEngine {
                 order.iter().map(|_| Tensor::f_zeros(Vec::<i64>::new(), (Kind::Float, net.device)).ck()).collect::<Result<_, _>>()?,
             ),
         };
-        Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, kernels, others, pending: Default::default(), net })
-    }
-
-    fn order(&self) -> Vec<usize> {
-        self.kernels.iter().chain(self.others.iter()).copied().collect()
+        Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, order, n_kernels, pending: Default::default(), net })
     }
 
     fn with_autocast<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
@@ -470,8 +475,7 @@ impl TorchEngine {
     /// Forward, loss, backward and the optimizer step on a device batch; the loss and
     /// hits stay on the device.
     pub fn step_tensors(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<(Tensor, Tensor), String> {
-        let order = self.order();
-        let all: Vec<&Tensor> = order.iter().map(|&i| &self.net.params[i].t).collect();
+        let all: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
         check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
         let logits = self.with_autocast(|| self.net.forward(x, true))?;
         let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, self.smoothing).ck()?;
@@ -483,13 +487,13 @@ impl TorchEngine {
 
     fn optimizer_step(&mut self, lr: f64) -> Result<(), String> {
         let _g = tch::no_grad_guard();
-        let order = self.order();
-        let nk = self.kernels.len();
-        let params: Vec<&Tensor> = order.iter().map(|&i| &self.net.params[i].t).collect();
+        let nk = self.n_kernels;
+        let params: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
         let grads: Vec<Tensor> = params.iter().map(|t| t.grad()).collect();
-        // A parameter the loss does not reach (a head that a frozen path bypasses) has no
-        // gradient: it gets a zero one, as PyTorch's optimizers skip it... which would
-        // change Adam's step counts; zero gradients keep every counter in step instead.
+        // A trainable parameter the loss does not reach has no gradient. The fused kernels
+        // take one list with one step counter per entry, so it gets a zero gradient and
+        // stays in the list (its momentum and weight decay still act: PyTorch's and the
+        // Burn engine's optimizers would skip it instead).
         let grads: Vec<Tensor> = grads.into_iter().zip(&params).map(|(g, p)| if g.defined() { Ok(g) } else { p.f_zeros_like().ck() }).collect::<Result<_, _>>()?;
         let gref: Vec<&Tensor> = grads.iter().collect();
         let (pp, gp) = (ptrs(&params), ptrs(&gref));
@@ -605,7 +609,7 @@ impl Engine for TorchEngine {
     /// as the Burn engine's optimizer writes them.
     fn optimizer_state(&self) -> Result<Vec<(String, WeightData)>, String> {
         let mut out = Vec::new();
-        for (k, &i) in self.order().iter().enumerate() {
+        for (k, &i) in self.order.iter().enumerate() {
             let name = &self.net.params[i].name;
             for (slot, list) in [&self.state.m, &self.state.v].into_iter().enumerate() {
                 if let Some(t) = list.get(k) {
@@ -620,8 +624,7 @@ impl Engine for TorchEngine {
     fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String> {
         self.net.import(weights)?;
         let _g = tch::no_grad_guard();
-        let order = self.order();
-        for (k, &i) in order.iter().enumerate() {
+        for (k, &i) in self.order.iter().enumerate() {
             let name = self.net.params[i].name.clone();
             let size = self.net.params[i].t.size();
             for (slot, list) in [&mut self.state.m, &mut self.state.v].into_iter().enumerate() {
