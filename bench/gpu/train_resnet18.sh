@@ -7,6 +7,10 @@
 # peak GPU memory (nvidia-smi, sampled every 100 ms, for both), and the loss over 50 steps
 # of Burn on the CPU vs our engine on the GPU. Prints a table; logs and JSON go to $OUT.
 #
+# Knobs: PEERS="foreach fused" (PyTorch's Adam variants to run), FP32=1 (the fp32 rows),
+# CURVES=1 (the loss curves, ~4 min). With dist/burn_tch_bench.xz present, Burn's own
+# LibTorch backend (examples/burn_tch_bench.rs, the rejected candidate) gets fp32/tf32 rows.
+#
 # Carry: dist/train_bench.xz (stripped example, xz). Needs PyTorch's libs at run time:
 # LD_LIBRARY_PATH=<site-packages>/torch/lib (bench/gpu/torch_env.sh sets it).
 set -uo pipefail
@@ -29,44 +33,69 @@ run() {
   python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); d["smi_peak_mib"]=int(sys.argv[2] or 0); print(json.dumps(d))' "$log" "${peak:-0}" >> "$RES"
 }
 
+PEERS=${PEERS:-foreach fused}
+peer() {  # arch prec
+  for k in $PEERS; do
+    if [ $k = fused ]; then run $PY bench/gpu/train_torch.py $1 224 128 $2 --fused; else run $PY bench/gpu/train_torch.py $1 224 128 $2; fi
+  done
+}
 # first steps: fresh (first process on this machine) and warm
 run "$BIN" speed resnet18 224 128 tf32
 run "$BIN" speed resnet18 224 128 tf32
 for arch in resnet18 mobilenet_v2; do
   for p in tf32 bf16; do
     run "$BIN" speed $arch 224 128 $p
-    run $PY bench/gpu/train_torch.py $arch 224 128 $p
-    run $PY bench/gpu/train_torch.py $arch 224 128 $p --fused
+    peer $arch $p
   done
 done
-run "$BIN" speed resnet18 224 128 fp32
-run $PY bench/gpu/train_torch.py resnet18 224 128 fp32
-# loss curves: Burn (CPU) vs libtorch (GPU), same weights and batches, 50 SGD steps
-"$BIN" curve resnet18 64 32 50 > "$OUT/curve_resnet18.json" 2> "$OUT/curve_resnet18.err" || echo "curve resnet18 FAILED"
-"$BIN" curve mobilenet_v2 64 32 50 > "$OUT/curve_mobilenet_v2.json" 2> "$OUT/curve_mobilenet_v2.err" || echo "curve mobilenet_v2 FAILED"
+if [ "${FP32:-1}" = 1 ]; then
+  run "$BIN" speed resnet18 224 128 fp32
+  peer resnet18 fp32
+fi
+if [ -f dist/burn_tch_bench.xz ]; then
+  BT=$(bash bench/gpu/unpack.sh burn_tch_bench)
+  for arch in resnet18 mobilenet_v2; do
+    for p in tf32 fp32; do run timeout 300 "$BT" $arch 224 128 $p; done
+  done
+fi
+if [ "${CURVES:-1}" = 1 ]; then
+  # loss curves: Burn (CPU) vs libtorch (GPU), same weights and batches, 50 SGD steps
+  "$BIN" curve resnet18 64 32 50 > "$OUT/curve_resnet18.json" 2> "$OUT/curve_resnet18.err" || echo "curve resnet18 FAILED"
+  "$BIN" curve mobilenet_v2 64 32 50 > "$OUT/curve_mobilenet_v2.json" 2> "$OUT/curve_mobilenet_v2.err" || echo "curve mobilenet_v2 FAILED"
+fi
+if [ "${CURVES_FT:-1}" = 1 ] && [ -f dist/assets/mobilenet_v2-b0353104.pth ]; then
+  # the same from torchvision's ImageNet weights (fine-tuning, what taoflow's loop does)
+  "$BIN" curve mobilenet_v2 64 32 50 dist/assets/mobilenet_v2-b0353104.pth > "$OUT/curve_mobilenet_v2_ft.json" 2> "$OUT/curve_mobilenet_v2_ft.err" || echo "curve mobilenet_v2 ft FAILED"
+fi
 
 $PY - "$RES" "$OUT" <<'PY'
 import json, sys, glob, os
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'impl':14} {'arch':13} {'prec':5} {'to 1st step s':>13} {'train img/s':>11} {'infer img/s':>11} {'peak MiB':>8}")
+print(f"{'impl':14} {'arch':13} {'prec':5} {'to 1st step s':>13} {'train img/s':>11} {'infer img/s':>11} {'peak MiB':>8}  infer rounds")
 for r in rows:
-    print(f"{r['impl']:14} {r['arch']:13} {r['precision']:5} {r['process_to_first_step_s']:13.2f} {r['train_img_s']:11.0f} {r['infer_img_s']:11.0f} {r.get('smi_peak_mib',0):8}")
+    rounds = " ".join(f"{v:.0f}" for v in r.get("infer_rounds", []))
+    extra = f"  cache diff {r['infer_cache_max_abs_diff']:.1e}" if "infer_cache_max_abs_diff" in r else ""
+    print(f"{r['impl']:14} {r['arch']:13} {r['precision']:5} {r['process_to_first_step_s']:13.2f} {r['train_img_s']:11.0f} {r['infer_img_s']:11.0f} {r.get('smi_peak_mib',0):8}  {rounds}{extra}")
 print("\nratios taoflow / pytorch (default foreach Adam) and / pytorch fused Adam:")
 def pick(impl, arch, p):
     c = [r for r in rows if r["impl"] == impl and r["arch"] == arch and r["precision"] == p]
     return c[-1] if c else None
 for arch in ("resnet18", "mobilenet_v2"):
     for p in ("fp32", "tf32", "bf16"):
-        o, t, f = pick("taoflow", arch, p), pick("pytorch", arch, p), pick("pytorch-fused", arch, p)
-        if o and t:
-            s = f"{arch:13} {p:5} train {o['train_img_s']/t['train_img_s']:.2f}x  infer {o['infer_img_s']/t['infer_img_s']:.2f}x"
-            if f:
-                s += f"  | vs fused: train {o['train_img_s']/f['train_img_s']:.2f}x"
+        o, t, f, b = pick("taoflow", arch, p), pick("pytorch", arch, p), pick("pytorch-fused", arch, p), pick("burn-tch", arch, p)
+        ref = t or f
+        if o and ref:
+            s = f"{arch:13} {p:5} train {o['train_img_s']/ref['train_img_s']:.2f}x  infer {o['infer_img_s']/ref['infer_img_s']:.2f}x ({'foreach' if t else 'fused'})"
+            if t and f:
+                s += f"  | vs fused: train {o['train_img_s']/f['train_img_s']:.2f}x infer {o['infer_img_s']/f['infer_img_s']:.2f}x"
             print(s)
+        if b and ref:
+            print(f"{arch:13} {p:5} burn-tch / pytorch: train {b['train_img_s']/ref['train_img_s']:.2f}x  infer {b['infer_img_s']/ref['infer_img_s']:.2f}x  first step {b['process_to_first_step_s']:.1f} s")
 for f in sorted(glob.glob(os.path.join(sys.argv[2], "curve_*.json"))):
     try:
         d = json.loads(open(f).read())
-        print(f"loss after 50 steps {d['arch']}: CPU(Burn) {d['last10_cpu']:.4f}  GPU(libtorch) {d['last10_gpu']:.4f}  rel diff {d['rel_diff']*100:.2f}%  (max per-step {d['max_step_rel_diff']*100:.2f}%, {d['seconds']:.0f}s)")
+        diffs = "  ".join(f"{k} {v*100:.2f}%" for k, v in d["last10_rel_diff_vs_burn"].items())
+        print(f"loss, mean of the last 10 of {d['steps']} steps, {d['arch']}{' (fine-tune)' if d.get('pretrained') else ''}: Burn CPU {d['last10']['burn_cpu']:.4f}; relative to it: {diffs} ({d['seconds']:.0f} s)")
     except Exception as e:
         print(f"{f}: {e}")
 PY

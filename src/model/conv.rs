@@ -36,6 +36,13 @@ impl ConvBackend for NdArray<f32> {
     }
 }
 
+#[cfg(feature = "burn-tch")]
+impl ConvBackend for burn::backend::LibTorch<f32> {
+    fn graph_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ModuleOps<Self>>::conv2d(x, weight, None, options)
+    }
+}
+
 fn t4<B: Backend>(p: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }

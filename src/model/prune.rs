@@ -43,6 +43,9 @@ pub enum Criterion {
     Threshold(f64),
     /// Keep the best channels of every space so that this fraction of parameters remains.
     ParamRatio(f64),
+    /// Keep the best channels of every space so that this fraction of the forward pass's
+    /// multiply-accumulates (at the model's input size) remains.
+    FlopRatio(f64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,9 +255,12 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
                 }
             }
         }
-        Criterion::ParamRatio(target) => {
-            // Bisect a global threshold until the parameter count meets the target.
-            let total = g.param_count() as f64;
+        Criterion::ParamRatio(target) | Criterion::FlopRatio(target) => {
+            // Bisect one global threshold on the normalised scores until the budget is met:
+            // the cheapest channels everywhere go first, as with a fixed threshold.
+            let by_flops = matches!(cfg.criterion, Criterion::FlopRatio(_));
+            let cost = |m: &ModelGraph| if by_flops { flops(m) as f64 } else { m.param_count() as f64 };
+            let total = cost(g);
             let (mut lo, mut hi) = (0.0f64, 1.0f64);
             let mut best = None;
             for _ in 0..30 {
@@ -267,7 +273,7 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
                     }
                 }
                 let pruned = apply_to_graph(g, &sps, &layer_space, &k)?;
-                let ratio = pruned.param_count() as f64 / total;
+                let ratio = cost(&pruned) / total;
                 if ratio > target {
                     lo = mid;
                 } else {
@@ -275,7 +281,28 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
                     best = Some(k);
                 }
             }
-            keep = best.unwrap_or_else(|| vec![None; sps.len()]);
+            keep = match best {
+                Some(k) => k,
+                None => {
+                    // Even the smallest model that granularity and min_channels allow is
+                    // above the budget: say so instead of silently keeping everything.
+                    let mut k: Vec<Option<Vec<usize>>> = vec![None; sps.len()];
+                    for (i, s) in all_scores.iter().enumerate() {
+                        if let Some(s) = s {
+                            k[i] = Some(choose(s, round_keep(0, s.len(), cfg)));
+                        }
+                    }
+                    let floor = cost(&apply_to_graph(g, &sps, &layer_space, &k)?) / total;
+                    let what = if by_flops { "target_flops" } else { "target_params" };
+                    return Err(format!(
+                        "`{what} = {target}` cannot be met: with min_channels = {} and granularity = {} the smallest prunable model keeps {:.3} of the {}; raise `{what}` or lower min_channels/granularity",
+                        cfg.min_channels,
+                        cfg.granularity,
+                        floor,
+                        if by_flops { "multiply-accumulates" } else { "parameters" }
+                    ));
+                }
+            };
         }
     }
     Ok((sps, layer_space, keep))
@@ -511,6 +538,21 @@ mod tests {
         let r = pg.param_count() as f64 / g.param_count() as f64;
         assert!(r <= 0.5 && r > 0.3, "{r}");
         assert!(flops(&pg) < flops(g));
+    }
+
+    #[test]
+    fn a_flop_budget_is_met_and_an_impossible_one_is_refused() {
+        for g in &graphs()[..3] {
+            let w = random_weights(g, 6);
+            let mut cfg = PruneConfig { norm: Norm::L1, criterion: Criterion::FlopRatio(0.45), granularity: 8, min_channels: 8, equalization: Equalization::Union, excluded: vec![] };
+            let (sps, ls, keep) = select(g, &w, &cfg).unwrap();
+            let pg = apply_to_graph(g, &sps, &ls, &keep).unwrap();
+            let r = flops(&pg) as f64 / flops(g) as f64;
+            assert!(r <= 0.45 && r > 0.25, "{}: {r}", g.arch);
+            cfg.criterion = Criterion::FlopRatio(0.001);
+            let e = select(g, &w, &cfg).unwrap_err();
+            assert!(e.contains("target_flops = 0.001") && e.contains("min_channels = 8"), "{e}");
+        }
     }
 
     proptest::proptest! {

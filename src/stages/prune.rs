@@ -12,6 +12,7 @@
 //! equalization = "union"       # union | intersection | arithmetic_mean | geometric_mean [-eq]
 //! excluded_layers = []         # layer names (or prefixes) never pruned         [-el]
 //! # target_params = 0.5        # instead of `threshold`: keep this fraction of the parameters
+//! # target_flops = 0.45        # ... or of the multiply-accumulates per image (speed budget)
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ use crate::value::PVal;
 #[derive(Debug)]
 pub struct Prune;
 
-const KEYS: &[&str] = &["model", "norm", "threshold", "target_params", "granularity", "min_channels", "equalization", "excluded_layers"];
+const KEYS: &[&str] = &["model", "norm", "threshold", "target_params", "target_flops", "granularity", "min_channels", "equalization", "excluded_layers"];
 
 impl StageKind for Prune {
     fn name(&self) -> &'static str {
@@ -73,24 +74,30 @@ impl StageKind for Prune {
         };
         let threshold = f.float("threshold");
         let target = f.float("target_params");
-        let criterion = match (threshold, target) {
-            (Some((_, tn)), Some(_)) => {
-                f.diags.push(Diag::error("`threshold` and `target_params` exclude each other").at(&tn.span, "remove one"));
-                Criterion::Threshold(0.1)
+        let target_flops = f.float("target_flops");
+        let given: Vec<&str> = [("threshold", threshold.is_some()), ("target_params", target.is_some()), ("target_flops", target_flops.is_some())].iter().filter(|x| x.1).map(|x| x.0).collect();
+        if given.len() > 1 {
+            let span = [&target_flops, &target, &threshold].iter().find_map(|v| v.as_ref().map(|(_, n)| n.span.clone())).expect("two are set");
+            f.diags.push(Diag::error(format!("`{}` exclude each other: a prune stage has one criterion", given.join("` and `"))).at(&span, "remove one"));
+        }
+        let ratio = |f: &mut Fields<'_>, key: &str, what: &str, v: (f64, &crate::value::Node)| {
+            let (t, n) = v;
+            if !(t > 0.0 && t <= 1.0) {
+                f.diags.push(Diag::error(format!("`{key}` is the fraction of {what} to keep, in (0, 1]")).at(&n.span, "out of range"));
             }
-            (Some((t, n)), None) => {
-                if !(0.0..=1.0).contains(&t) {
-                    f.diags.push(Diag::error("`threshold` is a normalised norm between 0 and 1").at(&n.span, "out of range"));
-                }
-                Criterion::Threshold(t)
+            t
+        };
+        let criterion = if let Some((t, n)) = threshold {
+            if !(0.0..=1.0).contains(&t) {
+                f.diags.push(Diag::error("`threshold` is a normalised norm between 0 and 1").at(&n.span, "out of range"));
             }
-            (None, Some((t, n))) => {
-                if !(t > 0.0 && t <= 1.0) {
-                    f.diags.push(Diag::error("`target_params` is the fraction of parameters to keep, in (0, 1]").at(&n.span, "out of range"));
-                }
-                Criterion::ParamRatio(t)
-            }
-            (None, None) => Criterion::Threshold(0.1),
+            Criterion::Threshold(t)
+        } else if let Some(v) = target {
+            Criterion::ParamRatio(ratio(f, "target_params", "parameters", v))
+        } else if let Some(v) = target_flops {
+            Criterion::FlopRatio(ratio(f, "target_flops", "multiply-accumulates per image", v))
+        } else {
+            Criterion::Threshold(0.1)
         };
         let granularity = f.positive_uint("granularity", 8) as usize;
         let min_channels = f.uint("min_channels").map(|(v, _)| v as usize).unwrap_or(16);

@@ -301,6 +301,12 @@ impl TorchNet {
     /// Logits `[n, classes]` (f32). `train`: batch statistics (and running-stat updates) in
     /// batch norms, dropout on.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, String> {
+        self.forward_with(x, train, None)
+    }
+
+    /// [`Self::forward`] with some parameters replaced (`over[i]`, where set): the engine's
+    /// bf16 copies of the kernels for inference.
+    fn forward_with(&self, x: &Tensor, train: bool, over: Option<&[Option<Tensor>]>) -> Result<Tensor, String> {
         let mut vals: Vec<Option<Tensor>> = Vec::with_capacity(self.steps.len() + 1);
         vals.push(Some(x.shallow_clone()));
         // How many later steps read each value: drop a value after its last reader, as
@@ -312,7 +318,7 @@ impl TorchNet {
             }
         }
         readers[self.output] += 1;
-        let p = |i: usize| &self.params[i].t;
+        let p = |i: usize| over.and_then(|o| o[i].as_ref()).unwrap_or(&self.params[i].t);
         for (op, ins) in &self.steps {
             // ReLU/ReLU6 overwrite their input when nothing else reads it (PyTorch's
             // `inplace=True` in torchvision's models): one allocation and one pass less.
@@ -366,6 +372,21 @@ impl TorchNet {
         }
         let out = vals[self.output].take().ok_or("the output was dropped")?;
         out.f_to_kind(Kind::Float).ck()
+    }
+
+    /// bf16 copies of the conv and linear parameters (indexed like the parameters), which
+    /// autocast would otherwise cast again at every forward pass.
+    fn bf16_kernels(&self) -> Result<Vec<Option<Tensor>>, String> {
+        let _g = tch::no_grad_guard();
+        let mut out: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for (op, _) in &self.steps {
+            if let LOp::Conv { w, b, .. } | LOp::Linear { w, b } = op {
+                for i in std::iter::once(*w).chain(*b) {
+                    out[i] = Some(self.params[i].t.f_to_kind(Kind::BFloat16).ck()?.f_detach().ck()?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Inference logits of host images (`[n, C, H, W]` f32), row-major `[n, classes]`.
@@ -442,6 +463,8 @@ pub struct TorchEngine {
     /// How many of `order` are kernels.
     n_kernels: usize,
     pending: std::collections::VecDeque<Pending>,
+    /// bf16 inference: the kernels cast once, until the next step or restore changes them.
+    infer_kernels: Option<Vec<Option<Tensor>>>,
 }
 
 impl TorchEngine {
@@ -459,7 +482,7 @@ impl TorchEngine {
                 order.iter().map(|_| Tensor::f_zeros(Vec::<i64>::new(), (Kind::Float, net.device)).ck()).collect::<Result<_, _>>()?,
             ),
         };
-        Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, order, n_kernels, pending: Default::default(), net })
+        Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, order, n_kernels, pending: Default::default(), infer_kernels: None, net })
     }
 
     fn with_autocast<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
@@ -475,6 +498,7 @@ impl TorchEngine {
     /// Forward, loss, backward and the optimizer step on a device batch; the loss and
     /// hits stay on the device.
     pub fn step_tensors(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<(Tensor, Tensor), String> {
+        self.infer_kernels = None;
         let all: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
         check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
         let logits = self.with_autocast(|| self.net.forward(x, true))?;
@@ -525,8 +549,21 @@ impl TorchEngine {
         Ok(())
     }
 
-    /// Inference logits for a device batch (no gradient, running statistics).
-    pub fn infer(&self, x: &Tensor) -> Result<Tensor, String> {
+    /// Inference logits for a device batch (no gradient, running statistics). In bf16 the
+    /// kernels are cast once and reused until the weights change (autocast alone would cast
+    /// them at every call: PyTorch's cast cache lives only as long as one autocast region).
+    pub fn infer(&mut self, x: &Tensor) -> Result<Tensor, String> {
+        let _g = tch::no_grad_guard();
+        if self.precision == Precision::Bf16 && self.net.device != Device::Cpu && self.infer_kernels.is_none() {
+            self.infer_kernels = Some(self.net.bf16_kernels()?);
+        }
+        let over = self.infer_kernels.as_deref();
+        self.with_autocast(|| self.net.forward_with(x, false, over))
+    }
+
+    /// [`Self::infer`] without the bf16 kernel cache: autocast casts at every call. For
+    /// checking that the cache changes no result.
+    pub fn infer_uncached(&self, x: &Tensor) -> Result<Tensor, String> {
         let _g = tch::no_grad_guard();
         self.with_autocast(|| self.net.forward(x, false))
     }
@@ -622,6 +659,7 @@ impl Engine for TorchEngine {
     }
 
     fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String> {
+        self.infer_kernels = None;
         self.net.import(weights)?;
         let _g = tch::no_grad_guard();
         for (k, &i) in self.order.iter().enumerate() {
