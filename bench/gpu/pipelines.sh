@@ -5,7 +5,7 @@
 # quantize, export). Then the 224x224 models themselves: GPU inference of the fine-tuned vs
 # the pruned model (PyTorch on our artifacts, bench/gpu/torch_graph.py, which also checks our
 # ONNX exports against PyTorch), and onnxruntime on the machine's CPU: FP32 vs pruned, FP32
-# vs INT8, pruned FP32 vs pruned INT8 (bench/onnx_int8.py, top-1 on the test images too).
+# vs INT8 (bench/onnx_int8.py, top-1 on the test images too).
 # Offline: the MobileNetV2 weights come from dist/assets (TAOFLOW_ASSETS).
 #
 #   bash bench/gpu/pipelines.sh [PIPELINE...]     # default: quickstart mobilenet224-gpu
@@ -45,19 +45,18 @@ if [ -d $M/retrain/model ]; then
     --sizes 224 --batch 256 --json "$OUT/torch_graph224.json"
   echo "== onnxruntime on this machine's CPU, 224x224, batch 128"
   for pair in "export/onnx/model.onnx export_retrained/onnx/model.onnx unpruned,pruned" \
-              "export/onnx/model.onnx quantize/int8/model.int8.onnx fp32,int8" \
-              "export_retrained/onnx/model.onnx quantize_retrained/int8/model.int8.onnx pruned-fp32,pruned-int8"; do
+              "export/onnx/model.onnx quantize/int8/model.int8.onnx fp32,int8"; do
     set -- $pair
     [ -f $M/$2 ] || continue
     timeout 120 $PY bench/onnx_int8.py $M/$1 $M/$2 --labels $3 --batch 128 --seconds 5 --json "$OUT/ort_$3.json"
   done
-  [ -f $M/quantize_retrained/int8/model.int8.onnx ] || exit 0
+  [ -f $M/quantize/int8/model.int8.onnx ] || exit 0
   mkdir -p /tmp/onnx224
   cp $M/export/onnx/model.onnx /tmp/onnx224/fp32.onnx; cp $M/quantize/int8/model.int8.onnx /tmp/onnx224/int8.onnx
-  cp $M/export_retrained/onnx/model.onnx /tmp/onnx224/pruned.onnx; cp $M/quantize_retrained/int8/model.int8.onnx /tmp/onnx224/pruned.int8.onnx
+  cp $M/export_retrained/onnx/model.onnx /tmp/onnx224/pruned.onnx
   # two archives: each file that comes back from the machine is at most 16 MiB
   tar -C /tmp -cJf "${ART:-$OUT}/onnx224_a.tar.xz" onnx224/fp32.onnx onnx224/int8.onnx
-  tar -C /tmp -cJf "${ART:-$OUT}/onnx224_b.tar.xz" onnx224/pruned.onnx onnx224/pruned.int8.onnx
+  tar -C /tmp -cJf "${ART:-$OUT}/onnx224_b.tar.xz" onnx224/pruned.onnx
 fi
 # a second run is served from the store
 [ -z "${RUN_ARGS:-}" ] && for p in $PIPES; do $BIN run pipelines/$p.toml 2>&1 | tail -1; done
