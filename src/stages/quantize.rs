@@ -228,12 +228,18 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         std::fs::write(tmp.join("metrics.json"), j).map_err(fail)
     })
     .map_err(|e| e.to_string())?;
-    Ok(vec![format!(
+    let mut lines = vec![format!(
         "{}: {:?} calibration on {images} images of `{}` ({calib_secs:.1}s); {} tensors quantized, {} in the TensorRT cache{summary}",
         g.arch,
         cfg.method,
         cfg.calibration_split,
         spec.activations.len(),
         ranges.len()
-    )])
+    )];
+    if let Some(drop) = eval.get("top1_drop_points").and_then(|v| v.as_f64()).filter(|d| *d > 1.0) {
+        lines.push(format!(
+            "warning: the INT8 model loses {drop:.1} points of top-1; try another `method` (minmax, percentile), more `calibration_batches`, or deploy the FP32 export"
+        ));
+    }
+    Ok(lines)
 }
