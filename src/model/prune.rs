@@ -231,7 +231,6 @@ fn round_keep(want: usize, total: usize, cfg: &PruneConfig) -> usize {
 /// The channels to keep per prunable space (sorted indices).
 pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &PruneConfig) -> Result<(Vec<Space>, HashMap<String, usize>, Vec<Option<Vec<usize>>>), String> {
     let (sps, layer_space) = spaces(g, &cfg.excluded)?;
-    let mut keep: Vec<Option<Vec<usize>>> = vec![None; sps.len()];
     let mut all_scores: Vec<Option<Vec<f64>>> = vec![None; sps.len()];
     for (i, sp) in sps.iter().enumerate() {
         if sp.prunable {
@@ -245,16 +244,13 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
         k.sort();
         k
     };
-    match cfg.criterion {
-        Criterion::Threshold(t) => {
-            for (i, s) in all_scores.iter().enumerate() {
-                if let Some(s) = s {
-                    let above = s.iter().filter(|v| **v >= t).count();
-                    let n = round_keep(above, s.len(), cfg);
-                    keep[i] = Some(choose(s, n));
-                }
-            }
-        }
+    // Per prunable space, the best channels: those scoring at least `t`, rounded to the
+    // granularity and minimum.
+    let keep_above = |t: f64| -> Vec<Option<Vec<usize>>> {
+        all_scores.iter().map(|s| s.as_ref().map(|s| choose(s, round_keep(s.iter().filter(|v| **v >= t).count(), s.len(), cfg)))).collect()
+    };
+    let keep = match cfg.criterion {
+        Criterion::Threshold(t) => keep_above(t),
         Criterion::ParamRatio(target) | Criterion::FlopRatio(target) => {
             // Bisect one global threshold on the normalised scores until the budget is met:
             // the cheapest channels everywhere go first, as with a fixed threshold.
@@ -265,13 +261,7 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
             let mut best = None;
             for _ in 0..30 {
                 let mid = (lo + hi) / 2.0;
-                let mut k: Vec<Option<Vec<usize>>> = vec![None; sps.len()];
-                for (i, s) in all_scores.iter().enumerate() {
-                    if let Some(s) = s {
-                        let above = s.iter().filter(|v| **v >= mid).count();
-                        k[i] = Some(choose(s, round_keep(above, s.len(), cfg)));
-                    }
-                }
+                let k = keep_above(mid);
                 let pruned = apply_to_graph(g, &sps, &layer_space, &k)?;
                 let ratio = cost(&pruned) / total;
                 if ratio > target {
@@ -281,18 +271,12 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
                     best = Some(k);
                 }
             }
-            keep = match best {
+            match best {
                 Some(k) => k,
                 None => {
                     // Even the smallest model that granularity and min_channels allow is
                     // above the budget: say so instead of silently keeping everything.
-                    let mut k: Vec<Option<Vec<usize>>> = vec![None; sps.len()];
-                    for (i, s) in all_scores.iter().enumerate() {
-                        if let Some(s) = s {
-                            k[i] = Some(choose(s, round_keep(0, s.len(), cfg)));
-                        }
-                    }
-                    let floor = cost(&apply_to_graph(g, &sps, &layer_space, &k)?) / total;
+                    let floor = cost(&apply_to_graph(g, &sps, &layer_space, &keep_above(f64::INFINITY))?) / total;
                     let what = if by_flops { "target_flops" } else { "target_params" };
                     return Err(format!(
                         "`{what} = {target}` cannot be met: with min_channels = {} and granularity = {} the smallest prunable model keeps {:.3} of the {}; raise `{what}` or lower min_channels/granularity",
@@ -302,9 +286,9 @@ pub fn select(g: &ModelGraph, weights: &HashMap<String, WeightData>, cfg: &Prune
                         if by_flops { "multiply-accumulates" } else { "parameters" }
                     ));
                 }
-            };
+            }
         }
-    }
+    };
     Ok((sps, layer_space, keep))
 }
 

@@ -120,13 +120,7 @@ impl StageKind for Evaluate {
 
 /// Run a model artifact over a dataset split on the CPU and report.
 pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<ClassificationReport, String> {
-    evaluate_timed(model, dataset, split, batch, top_k).map(|(r, _)| r)
-}
-
-/// [`evaluate`], with the forward pass's throughput (images per second, data loading
-/// excluded).
-pub fn evaluate_timed(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<(ClassificationReport, f64), String> {
-    evaluate_on(model, dataset, split, batch, top_k, None)
+    evaluate_on(model, dataset, split, batch, top_k, None).map(|(r, _)| r)
 }
 
 /// Logits of a batch (`images` NCHW f32, `n` images), row-major `[n, classes]`.
@@ -160,7 +154,8 @@ fn forward_fn(model: &Path, gpu: Option<u32>) -> Result<(crate::model::graph::Mo
     }
 }
 
-/// [`evaluate_timed`] on the CPU or on a GPU.
+/// [`evaluate`] on the CPU (`gpu` None) or on a GPU, with the forward pass's throughput
+/// (images per second, data loading excluded).
 pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize], gpu: Option<u32>) -> Result<(ClassificationReport, f64), String> {
     let (graph, mut forward) = forward_fn(model, gpu)?;
     let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;

@@ -158,11 +158,11 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
     &KINDS
 }
 
-/// The kind's own parsed form (`StageDef::typed`), cloned for a blocking task.
 /// What a stage says when it leased a GPU in a build without the `torch` feature.
 #[cfg(not(feature = "torch"))]
 pub const NO_GPU_BUILD: &str = "this taoflow was built without GPU training or inference\n  = hint: build with `--features torch` (scripts/libtorch.sh fetches libtorch; docs/gpu.md), or run on the CPU: `gpus = 0` / `taoflow run --device cpu`";
 
+/// The kind's own parsed form (`StageDef::typed`), cloned for a blocking task.
 pub fn typed<T: Clone + 'static>(ctx: &RunCtx, kind: &str) -> Result<T, StageError> {
     ctx.def.typed.downcast_ref::<T>().cloned().ok_or_else(|| StageError::Failed(format!("internal: {kind} stage data missing")))
 }

@@ -197,6 +197,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     let int8 = crate::model::onnx_run::OnnxModel::from_bytes(&qdq, "the QDQ model")?;
     let mut eval = serde_json::Value::Null;
     let mut summary = String::new();
+    let mut drop_points = None;
     if let Some(split) = &cfg.eval_split {
         if ds.len(split) == 0 {
             return Err(format!("`eval_split` `{split}` of `{}` has no samples\n  = hint: name a split with images, or eval_split = \"none\"", dataset.display()));
@@ -205,8 +206,10 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         let fp32 = crate::model::onnx_run::OnnxModel::from_bytes(&fp32_bytes, "the FP32 model")?;
         let (a32, n) = onnx_top1(&fp32, &ds, split, 64)?;
         let (a8, _) = onnx_top1(&int8, &ds, split, 64)?;
-        eval = serde_json::json!({"split": split, "samples": n, "runtime": "tract", "fp32_top1": a32, "int8_top1": a8, "top1_drop_points": 100.0 * (a32 - a8)});
-        summary = format!("; top-1 on `{split}` FP32 {a32:.4} -> INT8 {a8:.4} ({:+.2} points)", 100.0 * (a8 - a32));
+        let drop = 100.0 * (a32 - a8);
+        eval = serde_json::json!({"split": split, "samples": n, "runtime": "tract", "fp32_top1": a32, "int8_top1": a8, "top1_drop_points": drop});
+        summary = format!("; top-1 on `{split}` FP32 {a32:.4} -> INT8 {a8:.4} ({:+.2} points)", -drop);
+        drop_points = Some(drop);
     }
     let report = serde_json::json!({
         "arch": g.arch,
@@ -236,7 +239,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         spec.activations.len(),
         ranges.len()
     )];
-    if let Some(drop) = eval.get("top1_drop_points").and_then(|v| v.as_f64()).filter(|d| *d > 1.0) {
+    if let Some(drop) = drop_points.filter(|d| *d > 1.0) {
         lines.push(format!(
             "warning: the INT8 model loses {drop:.1} points of top-1; try another `method` (minmax, percentile), more `calibration_batches`, or deploy the FP32 export"
         ));

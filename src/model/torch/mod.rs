@@ -485,8 +485,13 @@ impl TorchEngine {
         Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, order, n_kernels, pending: Default::default(), infer_kernels: None, net })
     }
 
+    /// bf16 autocast is on: precision bf16 on a GPU (libtorch's CPU path runs f32).
+    fn bf16_autocast(&self) -> bool {
+        self.precision == Precision::Bf16 && self.net.device != Device::Cpu
+    }
+
     fn with_autocast<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-        if self.precision != Precision::Bf16 || self.net.device == Device::Cpu {
+        if !self.bf16_autocast() {
             return f();
         }
         check(unsafe { ffi::tf_autocast(1, 1) })?;
@@ -554,7 +559,7 @@ impl TorchEngine {
     /// them at every call: PyTorch's cast cache lives only as long as one autocast region).
     pub fn infer(&mut self, x: &Tensor) -> Result<Tensor, String> {
         let _g = tch::no_grad_guard();
-        if self.precision == Precision::Bf16 && self.net.device != Device::Cpu && self.infer_kernels.is_none() {
+        if self.bf16_autocast() && self.infer_kernels.is_none() {
             self.infer_kernels = Some(self.net.bf16_kernels()?);
         }
         let over = self.infer_kernels.as_deref();
