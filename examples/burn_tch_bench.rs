@@ -31,13 +31,7 @@ type TB = LibTorch<f32>;
 type AB = Autodiff<TB>;
 
 fn graph(arch: &str, size: u32, classes: usize) -> ModelGraph {
-    let spec = InputSpec::imagenet(size, size);
-    let c: Vec<String> = (0..classes).map(|i| format!("c{i}")).collect();
-    match arch {
-        "resnet18" => builders::resnet(18, classes, 1.0, spec, c).unwrap(),
-        "mobilenet_v2" => builders::mobilenet_v2(classes, 1.0, spec, c),
-        other => panic!("unknown arch {other}"),
-    }
+    builders::by_name(arch, 1.0, InputSpec::imagenet(size, size), (0..classes).map(|i| format!("c{i}")).collect()).unwrap()
 }
 
 fn sync(device: &LibTorchDevice) {

@@ -27,15 +27,7 @@ use taoflow::model::train::{BurnEngine, Engine, TrainConfig};
 type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
 fn graph(arch: &str, size: u32, classes: usize) -> ModelGraph {
-    let spec = InputSpec::imagenet(size, size);
-    let c: Vec<String> = (0..classes).map(|i| format!("c{i}")).collect();
-    match arch {
-        "resnet18" => builders::resnet(18, classes, 1.0, spec, c).unwrap(),
-        "resnet50" => builders::resnet(50, classes, 1.0, spec, c).unwrap(),
-        "mobilenet_v2" => builders::mobilenet_v2(classes, 1.0, spec, c),
-        "efficientnet_lite0" => builders::efficientnet_lite0(classes, 1.0, spec, c),
-        other => panic!("unknown arch {other}"),
-    }
+    builders::by_name(arch, 1.0, InputSpec::imagenet(size, size), (0..classes).map(|i| format!("c{i}")).collect()).unwrap()
 }
 
 fn init_weights(g: &ModelGraph, seed: u64) -> HashMap<String, WeightData> {

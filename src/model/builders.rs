@@ -46,6 +46,20 @@ fn make_divisible(v: f64, divisor: usize) -> usize {
     (if new_v < 0.9 * v { new_v + d } else { new_v }) as usize
 }
 
+/// The architecture named `arch` (`mobilenet_v2`, `resnet18|34|50`, `efficientnet_lite0`)
+/// with one output per class of `classes`.
+pub fn by_name(arch: &str, width_mult: f64, input: InputSpec, classes: Vec<String>) -> Result<ModelGraph, String> {
+    let n = classes.len();
+    match arch {
+        "mobilenet_v2" => Ok(mobilenet_v2(n, width_mult, input, classes)),
+        "resnet18" => resnet(18, n, width_mult, input, classes),
+        "resnet34" => resnet(34, n, width_mult, input, classes),
+        "resnet50" => resnet(50, n, width_mult, input, classes),
+        "efficientnet_lite0" => Ok(efficientnet_lite0(n, width_mult, input, classes)),
+        other => Err(format!("unknown architecture `{other}`")),
+    }
+}
+
 /// MobileNetV2 (torchvision layout): inverted residual blocks with depthwise convolutions.
 pub fn mobilenet_v2(num_classes: usize, width_mult: f64, input: InputSpec, classes: Vec<String>) -> ModelGraph {
     let mut b = B { layers: Vec::new() };

@@ -315,15 +315,8 @@ pub fn block_of(layer: &str) -> Option<usize> {
 fn build_graph(spec: &ModelSpec, classes: &[String], input_default: u32) -> Result<ModelGraph, String> {
     let [h, w] = spec.input_size.unwrap_or([input_default, input_default]);
     let input = InputSpec::imagenet(w, h);
-    let n = classes.len();
-    let c = classes.to_vec();
     match spec.arch.as_deref() {
-        Some("mobilenet_v2") => Ok(crate::model::builders::mobilenet_v2(n, spec.width, input, c)),
-        Some("resnet18") => crate::model::builders::resnet(18, n, spec.width, input, c),
-        Some("resnet34") => crate::model::builders::resnet(34, n, spec.width, input, c),
-        Some("resnet50") => crate::model::builders::resnet(50, n, spec.width, input, c),
-        Some("efficientnet_lite0") => Ok(crate::model::builders::efficientnet_lite0(n, spec.width, input, c)),
-        Some(other) => Err(format!("unknown architecture `{other}`")),
+        Some(arch) => crate::model::builders::by_name(arch, spec.width, input, classes.to_vec()),
         None => Err("no architecture given".into()),
     }
 }
