@@ -3,14 +3,15 @@
 //!
 //! ```text
 //! train_bench speed  ARCH SIZE BATCH PRECISION   # first step, train and infer img/s on cuda:0
-//! train_bench curve  ARCH SIZE BATCH STEPS [PTH] # loss per step: Burn on the CPU vs libtorch on cuda:0
-//!                                                # (from torchvision weights PTH: fine-tuning)
+//! train_bench curve  ARCH SIZE BATCH STEPS SEEDS ENGINES [PTH]   # SEEDS: 3 | 0-7 | 1,4
+//!                     # loss per step of each engine (burn,torch_cpu,fp32,tf32,bf16) from the
+//!                     # same weights on the same batches (PTH: torchvision weights, fine-tuning)
 //! ```
 //! ARCH: resnet18 | resnet50 | mobilenet_v2 | efficientnet_lite0; PRECISION: fp32 | tf32 | bf16.
 //! `speed` trains on synthetic images already on the GPU (as the PyTorch peer does), with
-//! Adam, 1000 classes; `curve` trains both engines from the same weights on the same
-//! learnable synthetic batches with SGD (momentum 0.9) and prints the loss curves of Burn on
-//! the CPU, libtorch on the CPU, and libtorch on the GPU in fp32, tf32 and bf16.
+//! Adam, 1000 classes; `curve` trains each engine from the same weights on the same
+//! learnable synthetic batches with SGD (momentum 0.9) and prints its loss curve; SEED picks
+//! the initial weights and the batches. `bench/gpu/curve_stats.py` compares them.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -123,9 +124,10 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
     );
 }
 
-/// Images whose class shows as a per-class pattern under noise, so the loss can fall.
-fn learnable_batch(g: &ModelGraph, n: usize, step: u64) -> Batch {
-    let mut rng = taoflow::data::rng::Rng::new(1000 + step);
+/// Images whose class shows as a per-class pattern under noise, so the loss can fall. The
+/// stream of batches is a function of (seed, step).
+fn learnable_batch(g: &ModelGraph, n: usize, seed: u64, step: u64) -> Batch {
+    let mut rng = taoflow::data::rng::Rng::new(1000 + step + seed * 1_000_003);
     let classes = g.classes.len();
     let (c, h, w) = (g.input.channels as usize, g.input.height as usize, g.input.width as usize);
     let mut images = vec![0f32; n * c * h * w];
@@ -146,17 +148,20 @@ fn learnable_batch(g: &ModelGraph, n: usize, step: u64) -> Batch {
 }
 
 /// Loss per step of `engine` over `steps` learnable batches.
-fn losses(engine: &mut dyn Engine, g: &ModelGraph, batch: usize, steps: usize, lr: f64) -> Vec<f64> {
+fn losses(engine: &mut dyn Engine, g: &ModelGraph, batch: usize, seed: u64, steps: usize, lr: f64) -> Vec<f64> {
     let mut out = Vec::new();
     for s in 0..steps {
-        let b = learnable_batch(g, batch, s as u64);
+        let b = learnable_batch(g, batch, seed, s as u64);
         out.extend(engine.step(&b, lr).unwrap().into_iter().map(|d| d.loss));
     }
     out.extend(engine.flush().unwrap().into_iter().map(|d| d.loss));
     out
 }
 
-fn curve(arch: &str, size: u32, batch: usize, steps: usize, pretrained: Option<&str>) {
+/// One training run per engine from the same weights on the same batches; one JSON line each.
+/// ENGINES: comma-separated `burn` (Burn on the CPU: the reference), `torch_cpu` (this engine
+/// on libtorch's CPU kernels, f32), `fp32`, `tf32`, `bf16` (this engine on cuda:0).
+fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: &str, pretrained: Option<&str>) {
     let mut g = graph(arch, size, 10);
     // Dropout draws differ between engines: off for this comparison.
     for l in g.layers.iter_mut() {
@@ -164,7 +169,7 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, pretrained: Option<&
             *p = 0.0;
         }
     }
-    let mut w = init_weights(&g, 7);
+    let mut w = init_weights(&g, 7 + seed);
     // Fine-tuning (taoflow's use): every pretrained tensor whose shape fits replaces the
     // random one (all but the 10-class head).
     let mut loaded = 0;
@@ -179,39 +184,44 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, pretrained: Option<&
     }
     let lr = 0.002;
     let c = cfg(OptimKind::Sgd { momentum: 0.9, nesterov: false }, lr);
-    let device = Default::default();
-    let t = Instant::now();
-    let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
-    let burn_cpu = losses(&mut BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1), &g, batch, steps, lr);
-    let burn_s = t.elapsed().as_secs_f64();
-    // The same engine code on libtorch's CPU kernels: a second correct implementation, whose
-    // distance from Burn is what float rounding alone does to a training run.
-    let torch_cpu = losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, steps, lr);
-    let run_gpu = |p: Precision| {
-        let rt = Runtime::cuda(0, p).unwrap();
-        losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, steps, lr)
-    };
-    let gpu_fp32 = run_gpu(Precision::Fp32);
-    let gpu_tf32 = run_gpu(Precision::Tf32);
-    let gpu_bf16 = run_gpu(Precision::Bf16);
-    let tail = |v: &[f64]| v[v.len() - 10..].iter().sum::<f64>() / 10.0;
-    let rel = |v: &[f64]| (tail(v) - tail(&burn_cpu)).abs() / tail(&burn_cpu);
-    let max_step = |v: &[f64]| burn_cpu.iter().zip(v).map(|(a, b)| (a - b).abs() / a.abs()).fold(0f64, f64::max);
-    println!(
-        "{}",
-        serde_json::json!({"arch": arch, "size": size, "batch": batch, "steps": steps, "lr": lr, "pretrained": pretrained, "pretrained_tensors": loaded, "optimizer": "sgd momentum 0.9",
-            "burn_cpu": burn_cpu, "torch_cpu": torch_cpu, "torch_gpu_fp32": gpu_fp32, "torch_gpu_tf32": gpu_tf32, "torch_gpu_bf16": gpu_bf16,
-            "last10": {"burn_cpu": tail(&burn_cpu), "torch_cpu": tail(&torch_cpu), "gpu_fp32": tail(&gpu_fp32), "gpu_tf32": tail(&gpu_tf32), "gpu_bf16": tail(&gpu_bf16)},
-            "last10_rel_diff_vs_burn": {"torch_cpu": rel(&torch_cpu), "gpu_fp32": rel(&gpu_fp32), "gpu_tf32": rel(&gpu_tf32), "gpu_bf16": rel(&gpu_bf16)},
-            "max_step_rel_diff_vs_burn": {"torch_cpu": max_step(&torch_cpu), "gpu_fp32": max_step(&gpu_fp32), "gpu_tf32": max_step(&gpu_tf32), "gpu_bf16": max_step(&gpu_bf16)},
-            "burn_seconds": burn_s, "seconds": t.elapsed().as_secs_f64()})
-    );
+    for engine in engines.split(',') {
+        let t = Instant::now();
+        let curve = match engine {
+            "burn" => {
+                let device = Default::default();
+                let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+                losses(&mut BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1), &g, batch, seed, steps, lr)
+            }
+            "torch_cpu" => losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
+            p => {
+                let p = Precision::parse(p).unwrap_or_else(|| panic!("unknown engine `{p}`: burn, torch_cpu, fp32, tf32 or bf16"));
+                let rt = Runtime::cuda(0, p).unwrap();
+                losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({"arch": arch, "size": size, "batch": batch, "steps": steps, "seed": seed, "lr": lr, "optimizer": "sgd momentum 0.9",
+                "pretrained": pretrained.map(|p| std::path::Path::new(p).file_name().unwrap().to_string_lossy().to_string()), "pretrained_tensors": loaded,
+                "engine": engine, "losses": curve, "seconds": t.elapsed().as_secs_f64()})
+        );
+    }
+}
+
+/// `3`, `0-7` or `1,4,6`.
+fn seeds(s: &str) -> Vec<u64> {
+    s.split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u64>().expect("SEEDS")..=b.parse().expect("SEEDS")).collect::<Vec<_>>(),
+            None => vec![part.parse().expect("SEEDS")],
+        })
+        .collect()
 }
 
 fn main() {
     let t_main = Instant::now();
     let a: Vec<String> = std::env::args().collect();
-    let usage = "usage: train_bench speed ARCH SIZE BATCH fp32|tf32|bf16 | curve ARCH SIZE BATCH STEPS [PRETRAINED.pth]";
+    let usage = "usage: train_bench speed ARCH SIZE BATCH fp32|tf32|bf16 | curve ARCH SIZE BATCH STEPS SEEDS ENGINES [PRETRAINED.pth]";
     if a.len() < 6 {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -219,7 +229,11 @@ fn main() {
     let (arch, size, batch) = (a[2].as_str(), a[3].parse().expect("SIZE"), a[4].parse().expect("BATCH"));
     match a[1].as_str() {
         "speed" => speed(arch, size, batch, Precision::parse(&a[5]).expect("precision"), t_main),
-        "curve" => curve(arch, size, batch, a[5].parse().expect("STEPS"), a.get(6).map(String::as_str)),
+        "curve" if a.len() >= 8 => {
+            for seed in seeds(&a[6]) {
+                curve(arch, size, batch, a[5].parse().expect("STEPS"), seed, &a[7], a.get(8).map(String::as_str));
+            }
+        }
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);

@@ -37,6 +37,24 @@ pub fn store_root(flag: Option<&Path>, pipeline_dir: &Path) -> PathBuf {
     pipeline_dir.join("cache")
 }
 
+/// The CUDA driver's JIT cache in the store: `CUDA_CACHE_PATH=<store>/cuda-jit` for `run`,
+/// unless the user set it. The driver keeps there what it compiles from PTX at run time
+/// (cuDNN's run-time compiled engines among them; our kernels in `kernels/`), keyed by GPU
+/// architecture, driver and source, so the second process on a machine, or a fresh machine
+/// with the store, starts its first GPU step seconds sooner (BENCHMARKS.md, #8). Call it
+/// before any thread starts: it sets an environment variable.
+pub fn set_cuda_jit_cache(cli: &Cli) {
+    let Command::Run { p, .. } = &cli.command else { return };
+    if std::env::var_os("CUDA_CACHE_PATH").is_some() {
+        return;
+    }
+    let dir = p.pipeline.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).unwrap_or(Path::new("."));
+    let Ok(dir) = std::fs::canonicalize(dir) else { return };
+    let jit = store_root(cli.store.as_deref(), &dir).join("cuda-jit");
+    // SAFETY: called from `main` before the async runtime or any other thread exists.
+    unsafe { std::env::set_var("CUDA_CACHE_PATH", jit) };
+}
+
 fn eprint_error(msg: &str) {
     let head = if color_enabled() { "\x1b[1;31merror\x1b[0m" } else { "error" };
     eprintln!("{head}: {msg}");

@@ -3,6 +3,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = taoflow::cli::Cli::parse();
+    taoflow::commands::set_cuda_jit_cache(&cli);
     let default = match cli.verbose {
         0 => "warn",
         1 => "info",

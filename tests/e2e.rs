@@ -385,3 +385,17 @@ fn every_committed_pipeline_is_valid() {
     }
     assert!(n >= 5, "found {n} pipelines");
 }
+
+#[test]
+fn run_keeps_cudas_jit_cache_in_the_store() {
+    // What the CUDA driver compiles at run time (cuDNN's run-time compiled engines, our
+    // kernels) outlives the machine in the store, unless the user points it elsewhere.
+    let p = Project::new();
+    p.write("p.toml", "[stages.env]\nkind = \"exec\"\ncmd = \"echo $CUDA_CACHE_PATH > env.txt\"\nouts = [\"env.txt\"]\n");
+    let out = p.cmd(&["run", "p.toml"]).env_remove("CUDA_CACHE_PATH").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.read("env.txt").trim(), p.store.join("cuda-jit").to_str().unwrap());
+    let out = p.cmd(&["run", "p.toml", "--force"]).env("CUDA_CACHE_PATH", "/elsewhere/jit").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.read("env.txt").trim(), "/elsewhere/jit");
+}

@@ -8,7 +8,7 @@
 # of Burn on the CPU vs our engine on the GPU. Prints a table; logs and JSON go to $OUT.
 #
 # Knobs: PEERS="foreach fused" (PyTorch's Adam variants to run), FP32=1 (the fp32 rows),
-# CURVES=1 (the loss curves, ~4 min). With dist/burn_tch_bench.xz present, Burn's own
+# CURVES=1 (the loss curves of seed 0, ~4 min; bench/gpu/curves.sh runs many seeds). With dist/burn_tch_bench.xz present, Burn's own
 # LibTorch backend (examples/burn_tch_bench.rs, the rejected candidate) gets fp32/tf32 rows.
 #
 # Carry: dist/train_bench.xz (stripped example, xz). Needs PyTorch's libs at run time:
@@ -60,12 +60,12 @@ if [ -f dist/burn_tch_bench.xz ]; then
 fi
 if [ "${CURVES:-1}" = 1 ]; then
   # loss curves: Burn (CPU) vs libtorch (GPU), same weights and batches, 50 SGD steps
-  "$BIN" curve resnet18 64 32 50 > "$OUT/curve_resnet18.json" 2> "$OUT/curve_resnet18.err" || echo "curve resnet18 FAILED"
-  "$BIN" curve mobilenet_v2 64 32 50 > "$OUT/curve_mobilenet_v2.json" 2> "$OUT/curve_mobilenet_v2.err" || echo "curve mobilenet_v2 FAILED"
+  "$BIN" curve resnet18 64 32 50 0 burn,torch_cpu,fp32,tf32,bf16 > "$OUT/curve_resnet18.jsonl" 2> "$OUT/curve_resnet18.err" || echo "curve resnet18 FAILED"
+  "$BIN" curve mobilenet_v2 64 32 50 0 burn,torch_cpu,fp32,tf32,bf16 > "$OUT/curve_mobilenet_v2.jsonl" 2> "$OUT/curve_mobilenet_v2.err" || echo "curve mobilenet_v2 FAILED"
 fi
 if [ "${CURVES_FT:-1}" = 1 ] && [ -f dist/assets/mobilenet_v2-b0353104.pth ]; then
   # the same from torchvision's ImageNet weights (fine-tuning, what taoflow's loop does)
-  "$BIN" curve mobilenet_v2 64 32 50 dist/assets/mobilenet_v2-b0353104.pth > "$OUT/curve_mobilenet_v2_ft.json" 2> "$OUT/curve_mobilenet_v2_ft.err" || echo "curve mobilenet_v2 ft FAILED"
+  "$BIN" curve mobilenet_v2 64 32 50 0 burn,torch_cpu,fp32,tf32,bf16 dist/assets/mobilenet_v2-b0353104.pth > "$OUT/curve_mobilenet_v2_ft.jsonl" 2> "$OUT/curve_mobilenet_v2_ft.err" || echo "curve mobilenet_v2 ft FAILED"
 fi
 
 $PY - "$RES" "$OUT" <<'PY'
@@ -91,11 +91,9 @@ for arch in ("resnet18", "mobilenet_v2"):
             print(s)
         if b and ref:
             print(f"{arch:13} {p:5} burn-tch / pytorch: train {b['train_img_s']/ref['train_img_s']:.2f}x  infer {b['infer_img_s']/ref['infer_img_s']:.2f}x  first step {b['process_to_first_step_s']:.1f} s")
-for f in sorted(glob.glob(os.path.join(sys.argv[2], "curve_*.json"))):
-    try:
-        d = json.loads(open(f).read())
-        diffs = "  ".join(f"{k} {v*100:.2f}%" for k, v in d["last10_rel_diff_vs_burn"].items())
-        print(f"loss, mean of the last 10 of {d['steps']} steps, {d['arch']}{' (fine-tune)' if d.get('pretrained') else ''}: Burn CPU {d['last10']['burn_cpu']:.4f}; relative to it: {diffs} ({d['seconds']:.0f} s)")
-    except Exception as e:
-        print(f"{f}: {e}")
+curves = sorted(glob.glob(os.path.join(sys.argv[2], "curve_*.jsonl")))
+if curves:
+    import subprocess
+    print("\nloss after 50 steps vs Burn on the CPU (seed 0; bench/gpu/curves.sh for many seeds):")
+    subprocess.run([sys.executable, "bench/gpu/curve_stats.py", *curves])
 PY

@@ -1,0 +1,73 @@
+"""Loss after 50 steps, each engine against the CPU path (#8), over several seeds.
+
+Reads the JSON lines of `train_bench curve ARCH SIZE BATCH STEPS SEEDS ENGINES [PTH]` (any
+number of files, any mix of engines and seeds) and prints, per model (arch, pretrained or
+not), for each engine: the mean loss of steps 41-50 averaged over the seeds that the engine
+and Burn on the CPU (the reference) both ran, its relative difference from Burn's, the
+paired per-seed differences (mean, 95 % interval of that mean, largest), and the same for the
+loss of step 50 alone. Writes the table as JSON too when --json FILE is given.
+
+usage: curve_stats.py FILE... [--json OUT.json]
+"""
+import json
+import math
+import sys
+from collections import defaultdict
+
+args = sys.argv[1:]
+out_json = None
+if "--json" in args:
+    i = args.index("--json")
+    out_json = args[i + 1]
+    del args[i : i + 2]
+runs = defaultdict(dict)  # (arch, pretrained) -> {(engine, seed): losses}
+meta = {}
+for f in args:
+    for line in open(f):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        d = json.loads(line)
+        if "engine" not in d:
+            continue
+        key = (d["arch"], d.get("pretrained") or "scratch")
+        runs[key][(d["engine"], d["seed"])] = d["losses"]
+        meta[key] = {k: d[k] for k in ("size", "batch", "steps", "lr", "optimizer")}
+
+
+def t95(n):  # two-sided 95 % Student t quantile, n-1 degrees of freedom
+    table = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
+    k = n - 1
+    return table.get(k) or table[min(table, key=lambda x: abs(x - k))]
+
+
+order = ["torch_cpu", "fp32", "tf32", "bf16"]
+report = []
+for key in sorted(runs):
+    r = runs[key]
+    ref = {s: l for (e, s), l in r.items() if e == "burn"}
+    engines = sorted({e for (e, _) in r if e != "burn"}, key=lambda e: order.index(e) if e in order else 99)
+    print(f"\n{key[0]} ({key[1]}), {meta[key]['size']}px batch {meta[key]['batch']}, {meta[key]['steps']} steps, {meta[key]['optimizer']} lr {meta[key]['lr']}")
+    print(f"  {'engine':9} {'seeds':>5} {'last-10 mean':>12} {'Burn':>8} {'rel diff':>9} {'paired mean (95% CI)':>24} {'max |seed|':>10} {'step-50 rel diff':>16}")
+    for e in engines:
+        seeds = sorted(s for (ee, s) in r if ee == e and s in ref)
+        if not seeds:
+            continue
+        tail = lambda l: sum(l[-10:]) / 10
+        a = [tail(r[(e, s)]) for s in seeds]
+        b = [tail(ref[s]) for s in seeds]
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        rel = (ma - mb) / mb
+        d = [(x - y) / mb for x, y in zip(a, b)]
+        md = sum(d) / len(d)
+        sd = math.sqrt(sum((x - md) ** 2 for x in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
+        half = t95(len(d)) * sd / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        mx = max(abs(x) for x in d)
+        l50a = sum(r[(e, s)][-1] for s in seeds) / len(seeds)
+        l50b = sum(ref[s][-1] for s in seeds) / len(seeds)
+        rel50 = (l50a - l50b) / l50b
+        print(f"  {e:9} {len(seeds):5} {ma:12.4f} {mb:8.4f} {rel*100:+8.2f}% {md*100:+7.2f}% ({(md-half)*100:+.2f}..{(md+half)*100:+.2f}%) {mx*100:9.2f}% {rel50*100:+15.2f}%")
+        report.append({"arch": key[0], "pretrained": key[1], "engine": e, "seeds": seeds, "last10_mean": ma, "burn_last10_mean": mb, "rel_diff": rel,
+                       "paired_mean": md, "paired_ci95": [md - half, md + half], "max_abs_seed_rel_diff": mx, "step50_rel_diff": rel50})
+if out_json:
+    json.dump(report, open(out_json, "w"), indent=1)
