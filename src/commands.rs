@@ -48,8 +48,8 @@ pub fn set_cuda_jit_cache(cli: &Cli) {
     if std::env::var_os("CUDA_CACHE_PATH").is_some() {
         return;
     }
-    let dir = p.pipeline.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).unwrap_or(Path::new("."));
-    let Ok(dir) = std::fs::canonicalize(dir) else { return };
+    // An unreadable pipeline folder is `run`'s own error to report, a moment later.
+    let Ok(dir) = config::pipeline_dir(&p.pipeline) else { return };
     let jit = store_root(cli.store.as_deref(), &dir).join("cuda-jit");
     // SAFETY: called from `main` before the async runtime or any other thread exists.
     unsafe { std::env::set_var("CUDA_CACHE_PATH", jit) };

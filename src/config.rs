@@ -59,12 +59,15 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline, Diags> {
         Diag::error(format!("cannot read pipeline file `{}`: {e}", path.display()))
             .hint("check the path; pipelines usually live in `pipelines/NAME.toml`")
     })?;
-    let dir = path
-        .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-        .unwrap_or(Path::new("."));
-    let dir = std::fs::canonicalize(dir).map_err(|e| Diag::error(format!("cannot open folder `{}`: {e}", dir.display())))?;
+    let dir = pipeline_dir(path).map_err(|(dir, e)| Diag::error(format!("cannot open folder `{}`: {e}", dir.display())))?;
     parse(path, dir, text, overrides)
+}
+
+/// The folder a pipeline file lives in, canonical (relative paths and the store are
+/// resolved from it); on failure, the folder tried and why.
+pub fn pipeline_dir(path: &Path) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::canonicalize(dir).map_err(|e| (dir.to_path_buf(), e))
 }
 
 /// Validate pipeline text (no file system access except for the folder it names).
