@@ -160,7 +160,11 @@ fn losses(engine: &mut dyn Engine, g: &ModelGraph, batch: usize, seed: u64, step
 
 /// One training run per engine from the same weights on the same batches; one JSON line each.
 /// ENGINES: comma-separated `burn` (Burn on the CPU: the reference), `torch_cpu` (this engine
-/// on libtorch's CPU kernels, f32), `fp32`, `tf32`, `bf16` (this engine on cuda:0).
+/// on libtorch's CPU kernels, f32), `fp32`, `tf32`, `bf16` (this engine on cuda:0), and
+/// `torch64` (this engine on the CPU in f64), which shows how far f32 rounding alone moves a
+/// curve. (Burn has no f64 counterpart here: NdArray's default float type is a per-device
+/// setting, fixed at f32 by the first tensor this process makes.) `ENGINE+ulp` starts ENGINE from the
+/// weights moved by one ulp.
 fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: &str, pretrained: Option<&str>) {
     let mut g = graph(arch, size, 10);
     // Dropout draws differ between engines: off for this comparison.
@@ -186,12 +190,26 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
     let c = cfg(OptimKind::Sgd { momentum: 0.9, nesterov: false }, lr);
     for engine in engines.split(',') {
         let t = Instant::now();
-        let curve = match engine {
+        // `ENGINE+ulp`: the same run from weights moved by one unit in the last place (each
+        // nonzero value to its next f32 away from zero): how far f32 rounding alone moves the
+        // curve, the noise floor of any two engines' comparison.
+        let (name, ulp) = match engine.strip_suffix("+ulp") {
+            Some(e) => (e, true),
+            None => (engine, false),
+        };
+        let w0 = w.clone();
+        if ulp {
+            for v in w.values_mut() {
+                v.data.iter_mut().filter(|x| **x != 0.0).for_each(|x| *x = f32::from_bits(x.to_bits() + 1));
+            }
+        }
+        let curve = match name {
             "burn" => {
                 let device = Default::default();
                 let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
                 losses(&mut BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1), &g, batch, seed, steps, lr)
             }
+            "torch64" => losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
             "torch_cpu" => losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
             p => {
                 let p = Precision::parse(p).unwrap_or_else(|| panic!("unknown engine `{p}`: burn, torch_cpu, fp32, tf32 or bf16"));
@@ -199,6 +217,7 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
                 losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
             }
         };
+        w = w0;
         println!(
             "{}",
             serde_json::json!({"arch": arch, "size": size, "batch": batch, "steps": steps, "seed": seed, "lr": lr, "optimizer": "sgd momentum 0.9",

@@ -4,10 +4,17 @@ Reads the JSON lines of `train_bench curve ARCH SIZE BATCH STEPS SEEDS ENGINES [
 number of files, any mix of engines and seeds) and prints, per model (arch, pretrained or
 not), for each engine: the mean loss of steps 41-50 averaged over the seeds that the engine
 and Burn on the CPU (the reference) both ran, its relative difference from Burn's, the
-paired per-seed differences (mean, 95 % interval of that mean, largest), and the same for the
-loss of step 50 alone. Writes the table as JSON too when --json FILE is given.
+paired per-seed differences (mean, 95 % interval of that mean, largest), the same for the
+loss of step 50 alone, and the "1 % horizon": per seed, the first step whose loss differs from
+the reference's by more than 1 % (median and range over the seeds). Two runs of one algorithm
+that differ only in f32 rounding part ways at that horizon too (noise_floor.sh), so a
+horizon like theirs means no difference beyond rounding. Writes the table as JSON too when --json FILE is given.
 
-usage: curve_stats.py FILE... [--json OUT.json]
+--ref ENGINE compares against another engine than `burn` (noise floors: `--ref fp32` for the
+second fp32 run, `fp32#2`, and `fp32+ulp`; `--ref torch64` for f32 against f64). A run of an
+engine and seed seen before in the same model is named ENGINE#2, #3, ...
+
+usage: curve_stats.py FILE... [--json OUT.json] [--ref ENGINE]
 """
 import json
 import math
@@ -20,6 +27,11 @@ if "--json" in args:
     i = args.index("--json")
     out_json = args[i + 1]
     del args[i : i + 2]
+ref_engine = "burn"
+if "--ref" in args:
+    i = args.index("--ref")
+    ref_engine = args[i + 1]
+    del args[i : i + 2]
 runs = defaultdict(dict)  # (arch, pretrained) -> {(engine, seed): losses}
 meta = {}
 for f in args:
@@ -31,7 +43,11 @@ for f in args:
         if "engine" not in d:
             continue
         key = (d["arch"], d.get("pretrained") or "scratch")
-        runs[key][(d["engine"], d["seed"])] = d["losses"]
+        e, k = d["engine"], 1
+        while (e, d["seed"]) in runs[key]:
+            k += 1
+            e = f'{d["engine"]}#{k}'
+        runs[key][(e, d["seed"])] = d["losses"]
         meta[key] = {k: d[k] for k in ("size", "batch", "steps", "lr", "optimizer")}
 
 
@@ -45,10 +61,10 @@ order = ["torch_cpu", "fp32", "tf32", "bf16"]
 report = []
 for key in sorted(runs):
     r = runs[key]
-    ref = {s: l for (e, s), l in r.items() if e == "burn"}
-    engines = sorted({e for (e, _) in r if e != "burn"}, key=lambda e: order.index(e) if e in order else 99)
+    ref = {s: l for (e, s), l in r.items() if e == ref_engine}
+    engines = sorted({e for (e, _) in r if e != ref_engine}, key=lambda e: (order.index(e) if e in order else 99, e))
     print(f"\n{key[0]} ({key[1]}), {meta[key]['size']}px batch {meta[key]['batch']}, {meta[key]['steps']} steps, {meta[key]['optimizer']} lr {meta[key]['lr']}")
-    print(f"  {'engine':9} {'seeds':>5} {'last-10 mean':>12} {'Burn':>8} {'rel diff':>9} {'paired mean (95% CI)':>24} {'max |seed|':>10} {'step-50 rel diff':>16}")
+    print(f"  {'engine':13} {'seeds':>5} {'last-10 mean':>12} {ref_engine[:8]:>8} {'rel diff':>9} {'paired mean (95% CI)':>24} {'max |seed|':>10} {'step-50 rel diff':>16} {'1% horizon':>14}")
     for e in engines:
         seeds = sorted(s for (ee, s) in r if ee == e and s in ref)
         if not seeds:
@@ -66,8 +82,10 @@ for key in sorted(runs):
         l50a = sum(r[(e, s)][-1] for s in seeds) / len(seeds)
         l50b = sum(ref[s][-1] for s in seeds) / len(seeds)
         rel50 = (l50a - l50b) / l50b
-        print(f"  {e:9} {len(seeds):5} {ma:12.4f} {mb:8.4f} {rel*100:+8.2f}% {md*100:+7.2f}% ({(md-half)*100:+.2f}..{(md+half)*100:+.2f}%) {mx*100:9.2f}% {rel50*100:+15.2f}%")
-        report.append({"arch": key[0], "pretrained": key[1], "engine": e, "seeds": seeds, "last10_mean": ma, "burn_last10_mean": mb, "rel_diff": rel,
-                       "paired_mean": md, "paired_ci95": [md - half, md + half], "max_abs_seed_rel_diff": mx, "step50_rel_diff": rel50})
+        hz = sorted(next((i for i, (x, y) in enumerate(zip(r[(e, s)], ref[s])) if abs(x - y) / y > 0.01), len(ref[s])) for s in seeds)
+        med = hz[len(hz) // 2] if len(hz) % 2 else (hz[len(hz) // 2 - 1] + hz[len(hz) // 2]) / 2
+        print(f"  {e:13} {len(seeds):5} {ma:12.4f} {mb:8.4f} {rel*100:+8.2f}% {md*100:+7.2f}% ({(md-half)*100:+.2f}..{(md+half)*100:+.2f}%) {mx*100:9.2f}% {rel50*100:+15.2f}% {med:5} ({hz[0]}-{hz[-1]})")
+        report.append({"arch": key[0], "pretrained": key[1], "engine": e, "reference": ref_engine, "seeds": seeds, "last10_mean": ma, "burn_last10_mean": mb, "rel_diff": rel,
+                       "paired_mean": md, "paired_ci95": [md - half, md + half], "max_abs_seed_rel_diff": mx, "step50_rel_diff": rel50, "horizon_1pct": hz})
 if out_json:
     json.dump(report, open(out_json, "w"), indent=1)

@@ -19,7 +19,22 @@ pub fn random_weights(g: &ModelGraph, seed: u64) -> HashMap<String, WeightData> 
     let net = GraphNet::<B>::new(g, &device).unwrap();
     let mut w: HashMap<String, WeightData> = net.export_weights().unwrap().into_iter().collect();
     let mut rng = crate::data::rng::Rng::new(seed);
-    for (k, v) in w.iter_mut() {
+    // In name order, and every value from `rng`: a HashMap's order (and Burn's lazy parameter
+    // initialisation) differ from process to process, and the weights must not.
+    let mut keys: Vec<String> = w.keys().cloned().collect();
+    keys.sort();
+    for k in &keys {
+        let v = w.get_mut(k).expect("a key of the map");
+        if v.shape.len() >= 2 {
+            // Burn's default: uniform in ±1/sqrt(fan_in).
+            let bound = (1.0 / (v.data.len() / v.shape[0]) as f64).sqrt();
+            v.data.iter_mut().for_each(|x| *x = ((rng.f64() * 2.0 - 1.0) * bound) as f32);
+        } else if !k.ends_with("running_var") && !k.ends_with("running_mean") {
+            v.data.iter_mut().for_each(|x| *x = ((rng.f64() * 2.0 - 1.0) * 0.1) as f32);
+        }
+    }
+    for k in &keys {
+        let (k, v) = (k.as_str(), w.get_mut(k).expect("a key of the map"));
         if v.shape.len() == 4 {
             // Channels of varied importance, as after training.
             let per = v.data.len() / v.shape[0];

@@ -193,6 +193,8 @@ pub struct TorchNet {
     device: Device,
     channels_last: bool,
     input: [i64; 3],
+    /// The parameters' element type: f32, or f64 for reference runs ([`TorchNet::into_double`]).
+    dtype: Kind,
 }
 
 fn tensor_of(d: &WeightData, device: Device) -> Result<Tensor, String> {
@@ -283,7 +285,23 @@ impl TorchNet {
         }
         let output = *index.get(graph.output.as_str()).ok_or_else(|| format!("output `{}` is not a layer", graph.output))?;
         let s = &graph.input;
-        Ok(TorchNet { steps, output, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64] })
+        Ok(TorchNet { steps, output, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64], dtype: Kind::Float })
+    }
+
+    /// The same network in f64 (parameters, running statistics, activations, logits and
+    /// loss): a reference without f32 rounding, which tells a real difference between two
+    /// engines from rounding that training amplifies (`train_bench curve … torch64`).
+    pub fn into_double(mut self) -> Result<Self, String> {
+        let _g = tch::no_grad_guard();
+        for p in self.params.iter_mut() {
+            p.t = p.t.f_to_kind(Kind::Double).ck()?.f_detach().ck()?.f_set_requires_grad(p.trainable).ck()?;
+        }
+        for (_, rm, rv) in self.running.iter_mut() {
+            *rm = rm.f_to_kind(Kind::Double).ck()?;
+            *rv = rv.f_to_kind(Kind::Double).ck()?;
+        }
+        self.dtype = Kind::Double;
+        Ok(self)
     }
 
     /// Images (`[n, C, H, W]` f32, as the loader makes them) onto the device, in the
@@ -292,13 +310,13 @@ impl TorchNet {
         let [c, h, w] = self.input;
         let x = Tensor::f_from_slice(images).ck()?.f_reshape([n as i64, c, h, w]).ck()?;
         if self.device == Device::Cpu {
-            return Ok(x);
+            return if self.dtype == Kind::Float { Ok(x) } else { x.f_to_kind(self.dtype).ck() };
         }
-        let x = pinned(&x)?.f_to_device_(self.device, Kind::Float, true, false).ck()?;
+        let x = pinned(&x)?.f_to_device_(self.device, self.dtype, true, false).ck()?;
         if self.channels_last { to_channels_last(&x) } else { Ok(x) }
     }
 
-    /// Logits `[n, classes]` (f32). `train`: batch statistics (and running-stat updates) in
+    /// Logits `[n, classes]` (f32; f64 for a double network). `train`: batch statistics (and running-stat updates) in
     /// batch norms, dropout on.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, String> {
         self.forward_with(x, train, None)
@@ -371,7 +389,7 @@ impl TorchNet {
             vals.push(Some(y));
         }
         let out = vals[self.output].take().ok_or("the output was dropped")?;
-        out.f_to_kind(Kind::Float).ck()
+        if out.kind() == Kind::Double { Ok(out) } else { out.f_to_kind(Kind::Float).ck() }
     }
 
     /// bf16 copies of the conv and linear parameters (indexed like the parameters), which
@@ -752,7 +770,20 @@ mod tests {
     /// weights point the same way (cosine > 0.995) with the same length (within 1 %). Single
     /// elements are no test: Adam scales an element whose gradient is float noise to a
     /// full-size step in either engine.
+    /// Parameters and running statistics apart: the running statistics' updates are far
+    /// larger and would hide a wrong gradient.
     fn same_update(before: &HashMap<String, WeightData>, a: &HashMap<String, WeightData>, b: &HashMap<String, WeightData>) {
+        same_update_min(before, a, b, 0.995);
+    }
+
+    fn same_update_min(before: &HashMap<String, WeightData>, a: &HashMap<String, WeightData>, b: &HashMap<String, WeightData>, min_cos: f64) {
+        for running in [false, true] {
+            let part: HashMap<String, WeightData> = before.iter().filter(|(k, _)| k.contains(".running_") == running).map(|(k, v)| (k.clone(), v.clone())).collect();
+            same_update_of(&part, a, b, min_cos);
+        }
+    }
+
+    fn same_update_of(before: &HashMap<String, WeightData>, a: &HashMap<String, WeightData>, b: &HashMap<String, WeightData>, min_cos: f64) {
         let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
         for (k, w0) in before {
             for ((x0, xa), xb) in w0.data.iter().zip(&a[k].data).zip(&b[k].data) {
@@ -764,7 +795,7 @@ mod tests {
         }
         assert!(na > 0.0, "nothing moved");
         let cos = dot / (na.sqrt() * nb.sqrt());
-        assert!(cos > 0.995 && (na.sqrt() / nb.sqrt() - 1.0).abs() < 0.01, "cosine {cos}, lengths {} vs {}", na.sqrt(), nb.sqrt());
+        assert!(cos > min_cos && (na.sqrt() / nb.sqrt() - 1.0).abs() < 0.01, "cosine {cos}, lengths {} vs {}", na.sqrt(), nb.sqrt());
     }
 
     /// ResNet-18 (residual adds, batch norms, max pool; no dropout, whose draws differ) at
@@ -780,9 +811,16 @@ mod tests {
     /// engines agree. More steps are no sharper test: random weights on batches of 8 are a
     /// chaotic regime, where any two float orders part ways after a few steps.
     fn same_steps(kind: OptimKind, lr: f64, wd: f64, l1: f64, frozen: &dyn Fn(&str) -> bool) {
-        let g = resnet64();
+        // Adam divides by the gradient's root mean square, so elements whose gradient is
+        // float noise take full steps in both engines, in different directions.
+        let tol = if matches!(kind, OptimKind::Sgd { .. }) { 1e-4 } else { 1e-3 };
+        same_steps_on(&resnet64(), kind, lr, wd, l1, frozen, tol, 0.995);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn same_steps_on(g: &ModelGraph, kind: OptimKind, lr: f64, wd: f64, l1: f64, frozen: &dyn Fn(&str) -> bool, tol: f64, min_cos: f64) {
+        let g = g.clone();
         let w = testutil::random_weights(&g, 9);
-        let sgd = matches!(kind, OptimKind::Sgd { .. });
         let cfg = config(kind, wd, l1, 0.1);
         let device = Default::default();
         let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
@@ -797,14 +835,11 @@ mod tests {
         }
         lt.extend(torch.flush().unwrap().into_iter().map(|d| d.loss as f32));
         assert_eq!(lb.len(), 2);
-        // Adam divides by the gradient's root mean square, so elements whose gradient is
-        // float noise take full steps in both engines, in different directions.
-        let tol = if sgd { 1e-4 } else { 1e-3 };
-        assert!(rel(&lt, &lb) < tol, "losses {lt:?} vs {lb:?}");
+        assert!((rel(&lt, &lb) as f64) < tol, "losses {lt:?} vs {lb:?}");
         let wb: HashMap<String, WeightData> = burn.weights().unwrap().into_iter().collect();
         let wt: HashMap<String, WeightData> = torch.weights().unwrap().into_iter().collect();
         assert_eq!(wb.len(), wt.len());
-        same_update(&w, &wb, &wt);
+        same_update_min(&w, &wb, &wt, min_cos);
         for (k, v) in &wt {
             if frozen(k.rsplit_once('.').unwrap().0) {
                 assert_eq!(v.data, w[k].data, "frozen `{k}` moved");
@@ -833,6 +868,46 @@ mod tests {
     #[test]
     fn adamw_with_frozen_stem_steps_like_burn() {
         same_steps(OptimKind::AdamW { beta1: 0.9, beta2: 0.99, eps: 1e-8 }, 1e-4, 0.01, 0.0, &|n| n == "conv1" || n == "bn1" || n.starts_with("layer1."));
+    }
+
+    /// MobileNetV2 (ReLU6, depthwise convolutions, batch norms after every convolution) at
+    /// 64x64, dropout off (its draws differ between engines).
+    #[test]
+    fn mobilenet_v2_steps_like_burn() {
+        let mut g = crate::model::builders::mobilenet_v2(7, 0.5, crate::data::image_io::InputSpec::imagenet(64, 64), (0..7).map(|i| i.to_string()).collect());
+        for l in g.layers.iter_mut() {
+            if let Op::Dropout { p } = &mut l.op {
+                *p = 0.0;
+            }
+        }
+        // Looser than ResNet-18's: measured 6.5e-5 between the second steps' losses and a
+        // parameter-update cosine of 0.9948, which is rounding (a random MobileNetV2 on a batch
+        // of 16 is far rougher: BENCHMARKS.md, "Noise floor").
+        same_steps_on(&g, OptimKind::Sgd { momentum: 0.9, nesterov: false }, 5e-4, 1e-4, 0.0, &|_| false, 5e-4, 0.99);
+    }
+
+    #[test]
+    fn into_double_computes_in_f64() {
+        let g = testutil::graphs().remove(2);
+        let w = testutil::random_weights(&g, 5);
+        let x = images(4, &g, 1);
+        let rt = Runtime::cpu();
+        let net = TorchNet::new(&g, &w, &|_| false, &rt).unwrap();
+        let want = to_vec(&net.forward(&net.input(&x, 4).unwrap(), false).unwrap()).unwrap();
+        let net = net.into_double().unwrap();
+        let xd = net.input(&x, 4).unwrap();
+        assert_eq!(xd.kind(), Kind::Double);
+        let y = net.forward(&xd, false).unwrap();
+        assert_eq!(y.kind(), Kind::Double);
+        assert!(rel(&to_vec(&y).unwrap(), &want) < 1e-4);
+        // It trains, and reports its weights as f32 under the same names.
+        let cfg = config(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 0.0, 0.0, 0.0);
+        let mut e = TorchEngine::new(net, &cfg, Precision::Fp32).unwrap();
+        e.step(&batch(4, &g, 0), 1e-3).unwrap();
+        let done = e.flush().unwrap();
+        assert!(done[0].loss.is_finite());
+        let ws: HashMap<String, WeightData> = e.weights().unwrap().into_iter().collect();
+        assert_eq!(ws.len(), w.len());
     }
 
     #[test]
