@@ -197,12 +197,17 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
             Some(e) => (e, true),
             None => (engine, false),
         };
-        let w0 = w.clone();
-        if ulp {
-            for v in w.values_mut() {
+        let moved;
+        let w = if ulp {
+            let mut m = w.clone();
+            for v in m.values_mut() {
                 v.data.iter_mut().filter(|x| **x != 0.0).for_each(|x| *x = f32::from_bits(x.to_bits() + 1));
             }
-        }
+            moved = m;
+            &moved
+        } else {
+            &w
+        };
         let curve = match name {
             "burn" => {
                 let device = Default::default();
@@ -217,7 +222,6 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
                 losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
             }
         };
-        w = w0;
         println!(
             "{}",
             serde_json::json!({"arch": arch, "size": size, "batch": batch, "steps": steps, "seed": seed, "lr": lr, "optimizer": "sgd momentum 0.9",

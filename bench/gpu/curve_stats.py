@@ -85,7 +85,7 @@ for key in sorted(runs):
         hz = sorted(next((i for i, (x, y) in enumerate(zip(r[(e, s)], ref[s])) if abs(x - y) / y > 0.01), len(ref[s])) for s in seeds)
         med = hz[len(hz) // 2] if len(hz) % 2 else (hz[len(hz) // 2 - 1] + hz[len(hz) // 2]) / 2
         print(f"  {e:13} {len(seeds):5} {ma:12.4f} {mb:8.4f} {rel*100:+8.2f}% {md*100:+7.2f}% ({(md-half)*100:+.2f}..{(md+half)*100:+.2f}%) {mx*100:9.2f}% {rel50*100:+15.2f}% {med:5} ({hz[0]}-{hz[-1]})")
-        report.append({"arch": key[0], "pretrained": key[1], "engine": e, "reference": ref_engine, "seeds": seeds, "last10_mean": ma, "burn_last10_mean": mb, "rel_diff": rel,
+        report.append({"arch": key[0], "pretrained": key[1], "engine": e, "reference": ref_engine, "seeds": seeds, "last10_mean": ma, "ref_last10_mean": mb, "rel_diff": rel,
                        "paired_mean": md, "paired_ci95": [md - half, md + half], "max_abs_seed_rel_diff": mx, "step50_rel_diff": rel50, "horizon_1pct": hz})
 if out_json:
     json.dump(report, open(out_json, "w"), indent=1)

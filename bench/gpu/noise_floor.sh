@@ -17,14 +17,12 @@ BIN=$(bash bench/gpu/unpack.sh train_bench)
 PTH=dist/assets/mobilenet_v2-b0353104.pth
 T=${CPU_TIMEOUT:-520}
 i=0
-for s in ${CPU_STREAMS:-0,1 2,3 4,5 6,7}; do
-  OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 timeout "$T" "$BIN" curve mobilenet_v2 64 32 50 "$s" torch_cpu,torch_cpu+ulp,torch64 >> "$OUT/noise_cpu_mnv2_$i.jsonl" 2>> "$OUT/noise_cpu.err" &
+cpu_stream() {  # name, seeds, [pretrained weights]: one background stream of 4 threads
+  OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 timeout "$T" "$BIN" curve mobilenet_v2 64 32 50 "$2" torch_cpu,torch_cpu+ulp,torch64 ${3:-} >> "$OUT/noise_cpu_$1_$i.jsonl" 2>> "$OUT/noise_cpu.err" &
   i=$((i + 1))
-done
-for s in ${FT_STREAMS:-0,1}; do
-  OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 timeout "$T" "$BIN" curve mobilenet_v2 64 32 50 "$s" torch_cpu,torch_cpu+ulp,torch64 "$PTH" >> "$OUT/noise_cpu_ft_$i.jsonl" 2>> "$OUT/noise_cpu.err" &
-  i=$((i + 1))
-done
+}
+for s in ${CPU_STREAMS:-0,1 2,3 4,5 6,7}; do cpu_stream mnv2 "$s"; done
+for s in ${FT_STREAMS:-0,1}; do cpu_stream ft "$s" "$PTH"; done
 S=${GPU_SEEDS:-0-11}
 for args in "resnet18" "mobilenet_v2" "mobilenet_v2 $PTH"; do
   set -- $args
