@@ -211,15 +211,15 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
         let curve = match name {
             "burn" => {
                 let device = Default::default();
-                let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+                let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(w, &device).unwrap();
                 losses(&mut BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1), &g, batch, seed, steps, lr)
             }
-            "torch64" => losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
-            "torch_cpu" => losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
+            "torch64" => losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
+            "torch_cpu" => losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
             p => {
                 let p = Precision::parse(p).unwrap_or_else(|| panic!("unknown engine `{p}`: burn, torch_cpu, fp32, tf32 or bf16"));
                 let rt = Runtime::cuda(0, p).unwrap();
-                losses(&mut TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
+                losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
             }
         };
         println!(
