@@ -51,7 +51,7 @@ fn main() {
     let g = graph(arch, size, 1000);
     let t_init = Instant::now();
     // Loads libtorch_cuda and sets the TF32 switches, which Burn's tensors then obey too.
-    let _rt = Runtime::cuda(0, precision).unwrap();
+    let _rt = Runtime::cuda(0, precision, None).unwrap();
     let device = LibTorchDevice::Cuda(0);
     let init_s = t_init.elapsed().as_secs_f64();
     <AB as Backend>::seed(&device, 1);

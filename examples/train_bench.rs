@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! train_bench speed  ARCH SIZE BATCH PRECISION   # first step, train and infer img/s on cuda:0
+//! train_bench dwbench BATCH                      # MobileNetV2's depthwise convolutions (224²):
+//!                     # ms of forward and forward+backward, our kernels vs cuDNN, f32 and bf16
 //! train_bench curve  ARCH SIZE BATCH STEPS SEEDS ENGINES [PTH]   # SEEDS: 3 | 0-7 | 1,4
 //!                     # loss per step of each engine (burn,torch_cpu,fp32,tf32,bf16) from the
 //!                     # same weights on the same batches (PTH: torchvision weights, fine-tuning)
@@ -62,10 +64,16 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
     let g = graph(arch, size, 1000);
     let w = init_weights(&g, 1);
     let t_init = Instant::now();
-    let rt = Runtime::cuda(0, precision).unwrap();
+    let rt = Runtime::cuda(0, precision, kernel_cache().as_deref()).unwrap();
     let init_s = t_init.elapsed().as_secs_f64();
     let net = TorchNet::new(&g, &w, &|_| false, &rt).unwrap();
     let mut eng = TorchEngine::new(net, &cfg(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 1e-3), precision).unwrap();
+    // PLAN_STEPS: the run's planned length, which the automatic depthwise policy weighs
+    // (TAOFLOW_DEPTHWISE=auto); warm-up then covers its timing window and any move to cuDNN.
+    let plan: Option<u64> = std::env::var("PLAN_STEPS").ok().and_then(|v| v.parse().ok());
+    if let Some(p) = plan {
+        eng.set_plan(p);
+    }
     let n = batch * g.input.len();
     let images: Vec<f32> = (0..n).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
     let x = eng.net.input(&images, batch).unwrap();
@@ -77,10 +85,12 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
     sync();
     let first_step_s = t_first.elapsed().as_secs_f64();
     let to_first_step_s = t_main.elapsed().as_secs_f64();
-    for _ in 0..10 {
+    let t_warm = Instant::now();
+    for _ in 0..if plan.is_some() { 20 } else { 10 } {
         let _ = eng.step_tensors(&x, &y, 1e-3).unwrap();
     }
     sync();
+    let warmup_s = t_warm.elapsed().as_secs_f64();
     let steps = 40;
     let t = Instant::now();
     let mut last = None;
@@ -120,7 +130,8 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
         "{}",
         serde_json::json!({"impl": "taoflow", "arch": arch, "size": size, "batch": batch, "precision": format!("{precision:?}").to_lowercase(),
             "init_s": init_s, "first_step_s": first_step_s, "process_to_first_step_s": to_first_step_s,
-            "train_img_s": train_ips, "infer_img_s": infer_ips, "infer_rounds": infer_rounds, "infer_cache_max_abs_diff": cache_max_abs_diff, "first_loss": first_loss, "last_loss": last_loss})
+            "train_img_s": train_ips, "infer_img_s": infer_ips, "infer_rounds": infer_rounds, "infer_cache_max_abs_diff": cache_max_abs_diff, "first_loss": first_loss, "last_loss": last_loss,
+            "depthwise": std::env::var("TAOFLOW_DEPTHWISE").unwrap_or_else(|_| "auto".into()), "plan_steps": plan, "dw_switched_at": eng.dw_switched_at, "warmup_s": warmup_s})
     );
 }
 
@@ -218,7 +229,7 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
             "torch_cpu" => losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
             p => {
                 let p = Precision::parse(p).unwrap_or_else(|| panic!("unknown engine `{p}`: burn, torch_cpu, fp32, tf32 or bf16"));
-                let rt = Runtime::cuda(0, p).unwrap();
+                let rt = Runtime::cuda(0, p, kernel_cache().as_deref()).unwrap();
                 losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
             }
         };
@@ -241,10 +252,73 @@ fn seeds(s: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Each distinct depthwise convolution of MobileNetV2 at 224² (channels, input side,
+/// stride), timed alone: our kernels (kernels/depthwise.cu) against cuDNN, after warm-up
+/// (backward: of sum(y * g), so two small extra kernels on both sides). `first_s`: the
+/// first forward plus the first forward+backward (cuDNN compiles there).
+fn dwbench(batch: i64) {
+    use tch::{Device, Kind, Tensor};
+    let _rt = Runtime::cuda(0, Precision::Tf32, kernel_cache().as_deref()).unwrap();
+    let dev = Device::Cuda(0);
+    let shapes: [(i64, i64, i64); 10] = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2), (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)];
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for &(c, hw, s) in &shapes {
+            let x0 = taoflow::model::torch::to_channels_last(&Tensor::randn([batch, c, hw, hw], (kind, dev))).unwrap();
+            let w0 = taoflow::model::torch::to_channels_last(&Tensor::randn([c, 1, 3, 3], (kind, dev))).unwrap();
+            let mut row = serde_json::json!({"channels": c, "side": hw, "stride": s, "batch": batch, "dtype": format!("{kind:?}")});
+            for ours in [true, false] {
+                let conv = |x: &Tensor, w: &Tensor| if ours { taoflow::model::torch::depthwise(x, w, [s, s], [1, 1, 1, 1]).unwrap().expect("our kernels apply") } else { x.conv2d(w, None::<Tensor>, [s, s], [1, 1], [1, 1], c) };
+                let t = Instant::now();
+                let _ = tch::no_grad(|| conv(&x0, &w0));
+                sync();
+                let first_fwd = t.elapsed().as_secs_f64();
+                let x = x0.detach().set_requires_grad(true);
+                let w = w0.detach().set_requires_grad(true);
+                let t = Instant::now();
+                let y = conv(&x, &w);
+                // backward through sum(y * g): the same two extra kernels on both sides
+                let g = y.rand_like();
+                (&y * &g).sum(Kind::Float).backward();
+                sync();
+                let first_both = t.elapsed().as_secs_f64();
+                let time = |f: &dyn Fn()| {
+                    for _ in 0..3 {
+                        f();
+                    }
+                    sync();
+                    let t = Instant::now();
+                    for _ in 0..20 {
+                        f();
+                    }
+                    sync();
+                    t.elapsed().as_secs_f64() * 1e3 / 20.0
+                };
+                let fwd = time(&|| {
+                    let _ = tch::no_grad(|| conv(&x0, &w0));
+                });
+                let both = time(&|| {
+                    let x = x0.detach().set_requires_grad(true);
+                    let w = w0.detach().set_requires_grad(true);
+                    (conv(&x, &w) * &g).sum(Kind::Float).backward();
+                });
+                let k = if ours { "ours" } else { "cudnn" };
+                row[format!("{k}_fwd_ms")] = fwd.into();
+                row[format!("{k}_fwd_bwd_ms")] = both.into();
+                row[format!("{k}_first_s")] = (first_fwd + first_both).into();
+            }
+            println!("{row}");
+        }
+    }
+}
+
 fn main() {
     let t_main = Instant::now();
     let a: Vec<String> = std::env::args().collect();
-    let usage = "usage: train_bench speed ARCH SIZE BATCH fp32|tf32|bf16 | curve ARCH SIZE BATCH STEPS SEEDS ENGINES [PRETRAINED.pth]";
+    let usage = "usage: train_bench speed ARCH SIZE BATCH fp32|tf32|bf16 | curve ARCH SIZE BATCH STEPS SEEDS ENGINES [PRETRAINED.pth] | dwbench BATCH";
+    if a.len() == 3 && a[1] == "dwbench" {
+        dwbench(a[2].parse().expect("BATCH"));
+        return;
+    }
     if a.len() < 6 {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -262,4 +336,10 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Where our kernels' PTX is cached: beside CUDA's JIT cache when CUDA_CACHE_PATH is set
+/// (the benchmarks set it per cold/warm run, as `taoflow run` points both into the store).
+fn kernel_cache() -> Option<std::path::PathBuf> {
+    std::env::var_os("CUDA_CACHE_PATH").map(|p| std::path::PathBuf::from(p).join("taoflow-kernels"))
 }

@@ -12,6 +12,13 @@ use image::RgbImage;
 use crate::data::augment::{color_matrix, forward_matrix, Draw};
 
 pub const AUGMENT_SRC: &str = include_str!("../kernels/augment.cu");
+pub const DEPTHWISE_SRC: &str = include_str!("../kernels/depthwise.cu");
+/// The depthwise kernels' entry points, in the order the torch engine's shim indexes them:
+/// dtype (f32, bf16) × variant (16-byte vectors, scalar) × (forward, input grad, weight grad).
+pub const DEPTHWISE_KERNELS: [&str; 12] = [
+    "dw_fwd_f32_v", "dw_dgrad_f32_v", "dw_wgrad_f32_v", "dw_fwd_f32_s", "dw_dgrad_f32_s", "dw_wgrad_f32_s",
+    "dw_fwd_bf16_v", "dw_dgrad_bf16_v", "dw_wgrad_bf16_v", "dw_fwd_bf16_s", "dw_dgrad_bf16_s", "dw_wgrad_bf16_s",
+];
 const PARAMS_PER_IMAGE: usize = 19;
 
 /// Is a CUDA driver library present (a GPU machine)?
@@ -53,6 +60,35 @@ pub fn compile(src: &str, arch: &'static str, cache: Option<&Path>) -> Result<(P
         let _ = crate::store::write_atomic(p, ptx.to_src().as_bytes());
     }
     Ok((ptx, false))
+}
+
+/// The depthwise-convolution kernels (kernels/depthwise.cu), loaded in a GPU's primary
+/// context (the one libtorch uses), for the torch engine to launch.
+pub struct DepthwiseKernels {
+    ctx: Arc<CudaContext>,
+    funcs: Vec<CudaFunction>,
+    pub sms: i32,
+    pub cached_ptx: bool,
+}
+
+impl DepthwiseKernels {
+    pub fn load(ordinal: usize, cache: Option<&Path>) -> Result<Self, String> {
+        if !driver_present() {
+            return Err("no CUDA driver (libcuda) on this machine".into());
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
+        let (maj, min) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
+        let (ptx, cached_ptx) = compile(DEPTHWISE_SRC, arch_name(maj, min), cache)?;
+        let module = ctx.load_module(ptx).map_err(|e| format!("cannot load the depthwise kernels: {e:?}"))?;
+        let funcs = DEPTHWISE_KERNELS.iter().map(|n| module.load_function(n).map_err(|e| format!("{n}: {e:?}"))).collect::<Result<Vec<_>, _>>()?;
+        let sms = ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| format!("{e:?}"))?;
+        Ok(DepthwiseKernels { ctx, funcs, sms, cached_ptx })
+    }
+
+    /// The raw context and function handles (valid while `self` lives).
+    pub fn raw(&self) -> (*mut std::ffi::c_void, Vec<*mut std::ffi::c_void>) {
+        (self.ctx.cu_ctx() as *mut _, self.funcs.iter().map(|f| f.cu_function() as *mut _).collect())
+    }
 }
 
 /// The augment kernel, loaded on one GPU.
@@ -227,7 +263,7 @@ mod tests {
     /// Compiles the kernel with NVRTC when libnvrtc is present (CI installs NVIDIA's NVRTC
     /// wheel; `scripts/test.sh` sets TAOFLOW_REQUIRE_NVRTC=1 so that a missing library fails).
     #[test]
-    fn augment_kernel_compiles_with_nvrtc() {
+    fn kernels_compile_with_nvrtc() {
         if !nvrtc_present() {
             assert!(std::env::var_os("TAOFLOW_REQUIRE_NVRTC").is_none(), "libnvrtc is required (scripts/test.sh installs it); LD_LIBRARY_PATH={:?}", std::env::var("LD_LIBRARY_PATH"));
             eprintln!("skipping: libnvrtc not found");
@@ -240,6 +276,12 @@ mod tests {
         assert!(text.contains(".entry augment_rgb"), "{}", &text[..text.len().min(400)]);
         let (_, cached) = compile(AUGMENT_SRC, "compute_90", Some(dir.path())).unwrap();
         assert!(cached, "second compile comes from the PTX cache");
+        let (ptx, _) = compile(DEPTHWISE_SRC, "compute_90", None).unwrap();
+        let text = ptx.to_src();
+        for k in DEPTHWISE_KERNELS {
+            assert!(text.contains(&format!(".entry {k}(")), "{k} missing from the depthwise PTX");
+        }
+        assert!(!text.contains(".local"), "the depthwise kernels spill to local memory");
         let err = compile("extern \"C\" __global__ void k() { undefined_thing(); }", "compute_90", None).unwrap_err();
         assert!(err.contains("undefined_thing"), "the NVRTC log names the problem: {err}");
     }

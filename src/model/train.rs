@@ -182,6 +182,9 @@ pub trait Engine {
     fn weights(&self) -> Result<Vec<(String, WeightData)>, String>;
     fn optimizer_state(&self) -> Result<Vec<(String, WeightData)>, String>;
     fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String>;
+    /// The optimizer steps the whole run will have taken when it ends (an engine may pick
+    /// its kernels by how much work is left).
+    fn plan(&mut self, _total_steps: u64) {}
 }
 
 /// The CPU engine: Burn's autodiff over NdArray, batches split across threads.
@@ -431,6 +434,7 @@ pub fn train(
         log(&format!("resuming from the checkpoint after epoch {done} ({})", path.display()));
     }
 
+    engine.plan(total);
     for epoch in start..cfg.epochs {
         // Dropout draws: seeded by (seed, epoch), so a resumed run starts each epoch from the
         // same generator state (the order of draws across chunk threads may still vary).

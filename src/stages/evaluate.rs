@@ -97,8 +97,9 @@ impl StageKind for Evaluate {
             let dataset = ctx.inputs["dataset"].clone();
             let out = ctx.outputs["evaluation"].clone();
             let gpu = ctx.gpus.first().copied();
+            let kernel_cache = ctx.kernel_cache.clone();
             tokio::task::spawn_blocking(move || {
-                let (report, ips) = evaluate_on(&model, &dataset, &split, batch, &top_k, gpu).map_err(StageError::Failed)?;
+                let (report, ips) = evaluate_on(&model, &dataset, &split, batch, &top_k, gpu, Some(&kernel_cache)).map_err(StageError::Failed)?;
                 let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
                 crate::stages::write_dir_atomically(&out, |tmp| {
                     let mut v = serde_json::to_value(&report).expect("report serialises");
@@ -120,14 +121,15 @@ impl StageKind for Evaluate {
 
 /// Run a model artifact over a dataset split on the CPU and report.
 pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<ClassificationReport, String> {
-    evaluate_on(model, dataset, split, batch, top_k, None).map(|(r, _)| r)
+    evaluate_on(model, dataset, split, batch, top_k, None, None).map(|(r, _)| r)
 }
 
 /// Logits of a batch (`images` NCHW f32, `n` images), row-major `[n, classes]`.
 type Forward = Box<dyn FnMut(Vec<f32>, usize) -> Result<Vec<f32>, String>>;
 
 /// The model's forward pass on the CPU (Burn), or on GPU `gpu` (libtorch, feature `torch`).
-fn forward_fn(model: &Path, gpu: Option<u32>) -> Result<(crate::model::graph::ModelGraph, Forward), String> {
+#[cfg_attr(not(feature = "torch"), allow(unused_variables))]
+fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Result<(crate::model::graph::ModelGraph, Forward), String> {
     let (graph, weights) = crate::model::artifact::read_raw(model)?;
     let spec = graph.input.clone();
     match gpu {
@@ -144,7 +146,7 @@ fn forward_fn(model: &Path, gpu: Option<u32>) -> Result<(crate::model::graph::Mo
         #[cfg(feature = "torch")]
         Some(g) => {
             use crate::model::torch::{Precision, Runtime, TorchNet};
-            let rt = Runtime::cuda(g as usize, Precision::Tf32)?;
+            let rt = Runtime::cuda(g as usize, Precision::Tf32, kernel_cache)?;
             let net = TorchNet::new(&graph, &weights, &|_| false, &rt)?;
             let f: Forward = Box::new(move |images, n| net.logits(&images, n));
             Ok((graph, f))
@@ -155,9 +157,9 @@ fn forward_fn(model: &Path, gpu: Option<u32>) -> Result<(crate::model::graph::Mo
 }
 
 /// [`evaluate`] on the CPU (`gpu` None) or on a GPU, with the forward pass's throughput
-/// (images per second, data loading excluded).
-pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize], gpu: Option<u32>) -> Result<(ClassificationReport, f64), String> {
-    let (graph, mut forward) = forward_fn(model, gpu)?;
+/// (images per second, data loading excluded). `kernel_cache`: where our CUDA kernels' PTX is cached.
+pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize], gpu: Option<u32>, kernel_cache: Option<&Path>) -> Result<(ClassificationReport, f64), String> {
+    let (graph, mut forward) = forward_fn(model, gpu, kernel_cache)?;
     let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
     if ds.manifest.task != "classification" {
         return Err(format!("`evaluate` handles classification datasets; this one is `{}`", ds.manifest.task));

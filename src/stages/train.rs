@@ -277,6 +277,7 @@ impl StageKind for Train {
             let log_path = ctx.log.clone();
             let progress = ctx.progress.clone();
             let cancel = ctx.cancel.clone();
+            let kernel_cache = ctx.kernel_cache.clone();
             tokio::task::spawn_blocking(move || {
                 let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
                 let mut logf = |s: &str| {
@@ -284,7 +285,7 @@ impl StageKind for Train {
                         let _ = writeln!(l, "{s}");
                     }
                 };
-                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, cfg, val_explicit, &Where { gpus, precision }, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
+                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, cfg, val_explicit, &Where { gpus, precision, kernel_cache }, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
                 if r.is_ok() {
                     let _ = std::fs::remove_dir_all(&ckpt);
                 }
@@ -330,6 +331,9 @@ fn head_layers(g: &ModelGraph) -> Vec<String> {
 struct Where {
     gpus: Vec<u32>,
     precision: String,
+    /// The store's cache of our compiled CUDA kernels.
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    kernel_cache: std::path::PathBuf,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -455,7 +459,7 @@ fn run_training(
                 {
                     let precision = crate::model::torch::Precision::parse(&place.precision).ok_or_else(|| fail(format!("unknown precision `{}`", place.precision)))?;
                     let t0 = std::time::Instant::now();
-                    let rt = crate::model::torch::Runtime::cuda(*gpu as usize, precision).map_err(fail)?;
+                    let rt = crate::model::torch::Runtime::cuda(*gpu as usize, precision, Some(&place.kernel_cache)).map_err(fail)?;
                     let weights: std::collections::HashMap<String, crate::model::net::WeightData> = net.export_weights().map_err(fail)?.into_iter().collect();
                     let tnet = crate::model::torch::TorchNet::new(&graph, &weights, &frozen, &rt).map_err(fail)?;
                     torch_engine = crate::model::torch::TorchEngine::new(tnet, &cfg, precision).map_err(fail)?;

@@ -33,6 +33,8 @@ mod ffi {
         pub fn tf_channels_last(t: P, out: *mut P) -> *mut c_char;
         pub fn tf_pin_memory(t: P, out: *mut P) -> *mut c_char;
         pub fn tf_autocast(enabled: i32, bf16: i32) -> *mut c_char;
+        pub fn tf_dw_register(device: i32, ctx: P, funcs: *const P, sms: i32) -> *mut c_char;
+        pub fn tf_dw_conv(x: P, w: P, sh: i64, sw: i64, ph: i64, pw: i64, out: *mut P) -> *mut c_char;
         pub fn tf_set_math(tf32_matmul: i32, tf32_cudnn: i32, cudnn_benchmark: i32) -> *mut c_char;
     }
     pub fn ptr(t: &T) -> P {
@@ -133,12 +135,64 @@ fn load_cuda() -> Result<(), String> {
         .clone()
 }
 
+/// GPUs whose depthwise kernels are registered with the shim. The kernels stay loaded for
+/// the process (the shim holds their handles).
+static DW_REGISTERED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// How depthwise convolutions run on a GPU: `TAOFLOW_DEPTHWISE` = `auto` (the default: our
+/// kernels, and cuDNN for the training batches once the work left pays for cuDNN's
+/// compilation, see [`TorchEngine`]), `ours` (our kernels only) or `cudnn` (cuDNN only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthwisePolicy {
+    Auto,
+    Ours,
+    Cudnn,
+}
+
+impl DepthwisePolicy {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("TAOFLOW_DEPTHWISE").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(DepthwisePolicy::Auto),
+            Ok("ours") => Ok(DepthwisePolicy::Ours),
+            Ok("cudnn") => Ok(DepthwisePolicy::Cudnn),
+            Ok(other) => Err(format!("TAOFLOW_DEPTHWISE=`{other}` is not one of auto, ours, cudnn")),
+        }
+    }
+}
+
+/// Are our depthwise kernels registered for GPU `index`?
+fn depthwise_registered(index: usize) -> bool {
+    DW_REGISTERED.lock().map(|d| d.contains(&index)).unwrap_or(false)
+}
+
+/// Load kernels/depthwise.cu on GPU `index` and hand it to the shim, once per process
+/// (not at all under `TAOFLOW_DEPTHWISE=cudnn`).
+fn register_depthwise(index: usize, cache: Option<&std::path::Path>) -> Result<(), String> {
+    if DepthwisePolicy::from_env()? == DepthwisePolicy::Cudnn {
+        return Ok(());
+    }
+    let mut done = DW_REGISTERED.lock().map_err(|_| "poisoned lock")?;
+    if done.contains(&index) {
+        return Ok(());
+    }
+    let k = crate::cuda::DepthwiseKernels::load(index, cache)?;
+    let (ctx, funcs) = k.raw();
+    check(unsafe { ffi::tf_dw_register(index as i32, ctx, funcs.as_ptr(), k.sms) })?;
+    // The shim launches these handles from now on: keep the module loaded.
+    std::mem::forget(k);
+    done.push(index);
+    Ok(())
+}
+
 /// The libtorch release this build was made against (scripts/libtorch.sh).
 pub const LIBTORCH_VERSION: &str = "2.11";
 
 impl Runtime {
-    /// CUDA device `index`, with libtorch's CUDA half loaded and the precision's math mode set.
-    pub fn cuda(index: usize, precision: Precision) -> Result<Self, String> {
+    /// CUDA device `index`, with libtorch's CUDA half loaded, the precision's math mode set
+    /// and our depthwise-convolution kernels loaded (their PTX cached in `kernel_cache`,
+    /// the store's `kernels-v1/`, when given). Where the kernels cannot be had (no NVRTC),
+    /// depthwise convolutions run on cuDNN, after a warning.
+    pub fn cuda(index: usize, precision: Precision, kernel_cache: Option<&std::path::Path>) -> Result<Self, String> {
         load_cuda()?;
         if !tch::Cuda::is_available() {
             return Err("libtorch sees no CUDA device (is the NVIDIA driver loaded? `nvidia-smi` tells)".into());
@@ -149,6 +203,9 @@ impl Runtime {
         }
         let tf32 = precision != Precision::Fp32;
         check(unsafe { ffi::tf_set_math(tf32 as i32, tf32 as i32, 0) })?;
+        if let Err(e) = register_depthwise(index, kernel_cache) {
+            eprintln!("warning: depthwise convolutions run on cuDNN (slower to start): {e}");
+        }
         Ok(Runtime { device: Device::Cuda(index) })
     }
 
@@ -195,6 +252,9 @@ pub struct TorchNet {
     input: [i64; 3],
     /// The parameters' element type: f32, or f64 for reference runs ([`TorchNet::into_double`]).
     dtype: Kind,
+    /// Training batches of this size run their depthwise convolutions on cuDNN rather than
+    /// our kernels (set by the engine's [`DepthwisePolicy::Auto`]).
+    cudnn_dw_batch: Option<i64>,
 }
 
 fn tensor_of(d: &WeightData, device: Device) -> Result<Tensor, String> {
@@ -202,7 +262,7 @@ fn tensor_of(d: &WeightData, device: Device) -> Result<Tensor, String> {
     Tensor::f_from_slice(&d.data).ck()?.f_reshape(&shape).ck()?.f_to_device(device).ck()
 }
 
-fn to_channels_last(t: &Tensor) -> Result<Tensor, String> {
+pub fn to_channels_last(t: &Tensor) -> Result<Tensor, String> {
     let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
     check(unsafe { ffi::tf_channels_last(ffi::ptr(t), &mut out) })?;
     // SAFETY: the shim returns a heap-allocated at::Tensor, owned from here on.
@@ -215,6 +275,24 @@ fn pinned(t: &Tensor) -> Result<Tensor, String> {
     check(unsafe { ffi::tf_pin_memory(ffi::ptr(t), &mut out) })?;
     // SAFETY: as above.
     Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+}
+
+/// A depthwise convolution on our kernels (kernels/depthwise.cu), when they are loaded for
+/// the tensor's GPU and apply to it (see `tf_dw_conv` in shim.cpp); `None`: run libtorch's.
+/// `pad` is [top, left, bottom, right]. Public for the benchmarks.
+pub fn depthwise(x: &Tensor, w: &Tensor, stride: [i64; 2], pad: [i64; 4]) -> Result<Option<Tensor>, String> {
+    let [t, l, b, r] = pad;
+    let padded;
+    let (x, ph, pw) = if t == b && l == r {
+        (x, t, l)
+    } else {
+        padded = x.f_constant_pad_nd([l, r, t, b]).ck()?;
+        (&padded, 0, 0)
+    };
+    let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
+    check(unsafe { ffi::tf_dw_conv(ffi::ptr(x), ffi::ptr(w), stride[0], stride[1], ph, pw, &mut out) })?;
+    // SAFETY: a non-null result is a heap-allocated at::Tensor, owned from here on.
+    Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out as *mut _) }))
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, String> {
@@ -285,7 +363,24 @@ impl TorchNet {
         }
         let output = *index.get(graph.output.as_str()).ok_or_else(|| format!("output `{}` is not a layer", graph.output))?;
         let s = &graph.input;
-        Ok(TorchNet { steps, output, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64], dtype: Kind::Float })
+        Ok(TorchNet { steps, output, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64], dtype: Kind::Float, cudnn_dw_batch: None })
+    }
+
+    /// Distinct depthwise convolutions (channels, kernel, stride): what cuDNN compiles
+    /// separately for each batch size.
+    fn depthwise_kinds(&self) -> usize {
+        let mut kinds: Vec<(i64, Vec<i64>, [i64; 2])> = Vec::new();
+        for (op, _) in &self.steps {
+            if let LOp::Conv { w, stride, groups, .. } = op
+                && *groups > 1
+            {
+                let k = (*groups, self.params[*w].t.size(), *stride);
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+        }
+        kinds.len()
     }
 
     /// The same network in f64 (parameters, running statistics, activations, logits and
@@ -351,6 +446,14 @@ impl TorchNet {
             let get = |k: usize| vals[ins[k]].as_ref().expect("a value is kept until its last reader");
             let x = get(0);
             let y = match op {
+                LOp::Conv { w, b, stride, pad, groups }
+                    if *groups > 1 && self.device != Device::Cpu && !(train && self.cudnn_dw_batch == Some(x.size()[0])) && let Some(y) = depthwise(x, p(*w), *stride, *pad)? =>
+                {
+                    match b {
+                        Some(b) => y.f_add(&p(*b).f_to_kind(y.kind()).ck()?.f_view([1, -1, 1, 1]).ck()?).ck()?,
+                        None => y,
+                    }
+                }
                 LOp::Conv { w, b, stride, pad, groups } => {
                     let [t, l, bo, r] = *pad;
                     if t == bo && l == r {
@@ -483,7 +586,25 @@ pub struct TorchEngine {
     pending: std::collections::VecDeque<Pending>,
     /// bf16 inference: the kernels cast once, until the next step or restore changes them.
     infer_kernels: Option<Vec<Option<Tensor>>>,
+    /// Depthwise convolutions: the policy, the run's planned steps ([`Engine::plan`]), when
+    /// the timing window began, and the step at which training moved to cuDNN.
+    dw_policy: DepthwisePolicy,
+    planned_steps: Option<u64>,
+    dw_probe: Option<std::time::Instant>,
+    pub dw_switched_at: Option<u64>,
 }
+
+/// The automatic depthwise policy's numbers, measured on the H200 (BENCHMARKS.md, "Depthwise
+/// convolutions on our kernels"): cuDNN's run-time compilation costs about this many
+/// seconds per distinct depthwise convolution (forward and backward) in bf16 / f32, and
+/// then saves about this fraction of a MobileNetV2 training step. Training moves to cuDNN
+/// when the steps left would save at least twice the compilation.
+const DW_COMPILE_S_BF16: f64 = 1.0;
+const DW_COMPILE_S_F32: f64 = 0.45;
+const DW_CUDNN_SAVES: f64 = 0.15;
+/// Steps timed (after the first few, which include libtorch's own start-up) before deciding.
+const DW_PROBE_FROM: u64 = 3;
+const DW_PROBE_STEPS: u64 = 10;
 
 impl TorchEngine {
     pub fn new(net: TorchNet, cfg: &TrainConfig, precision: Precision) -> Result<Self, String> {
@@ -500,7 +621,22 @@ impl TorchEngine {
                 order.iter().map(|_| Tensor::f_zeros(Vec::<i64>::new(), (Kind::Float, net.device)).ck()).collect::<Result<_, _>>()?,
             ),
         };
-        Ok(TorchEngine { cfg: cfg.optim.clone(), smoothing: cfg.label_smoothing, precision, state: OptState { m, v, step_t, steps: 0 }, order, n_kernels, pending: Default::default(), infer_kernels: None, net })
+        let dw_policy = DepthwisePolicy::from_env()?;
+        Ok(TorchEngine {
+            cfg: cfg.optim.clone(),
+            smoothing: cfg.label_smoothing,
+            precision,
+            state: OptState { m, v, step_t, steps: 0 },
+            order,
+            n_kernels,
+            pending: Default::default(),
+            infer_kernels: None,
+            net,
+            dw_policy,
+            planned_steps: None,
+            dw_probe: None,
+            dw_switched_at: None,
+        })
     }
 
     /// bf16 autocast is on: precision bf16 on a GPU (libtorch's CPU path runs f32).
@@ -522,6 +658,7 @@ impl TorchEngine {
     /// hits stay on the device.
     pub fn step_tensors(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<(Tensor, Tensor), String> {
         self.infer_kernels = None;
+        self.depthwise_policy(x.size()[0])?;
         let all: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
         check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
         let logits = self.with_autocast(|| self.net.forward(x, true))?;
@@ -530,6 +667,47 @@ impl TorchEngine {
         let hits = tch::no_grad(|| logits.f_argmax(1, false).and_then(|a| a.f_eq_tensor(labels)).and_then(|e| e.f_sum(Kind::Int64))).ck()?;
         self.optimizer_step(lr)?;
         Ok((loss.f_detach().ck()?, hits))
+    }
+
+    /// Tell the engine how many optimizer steps the run will take in all (see
+    /// [`DepthwisePolicy::Auto`]).
+    pub fn set_plan(&mut self, total_steps: u64) {
+        self.planned_steps = Some(total_steps);
+    }
+
+    /// [`DepthwisePolicy::Auto`]: our depthwise kernels start at once (cuDNN compiles its NHWC
+    /// depthwise engines at run time, about a second per distinct convolution, in every
+    /// process), but run a MobileNetV2 step about 15 % slower than cuDNN's. Time steps
+    /// DW_PROBE_FROM.. (+DW_PROBE_STEPS); if the planned steps left would save more than
+    /// twice cuDNN's compilation, training batches of this size move to cuDNN. Validation,
+    /// inference and other batch sizes (an epoch's last batch) stay on our kernels.
+    fn depthwise_policy(&mut self, batch: i64) -> Result<(), String> {
+        let Device::Cuda(index) = self.net.device else { return Ok(()) };
+        if self.dw_policy != DepthwisePolicy::Auto || self.dw_switched_at.is_some() || !depthwise_registered(index) {
+            return Ok(());
+        }
+        let Some(planned) = self.planned_steps else { return Ok(()) };
+        let kinds = self.net.depthwise_kinds();
+        let k = self.state.steps;
+        if kinds == 0 || k > DW_PROBE_FROM + DW_PROBE_STEPS {
+            return Ok(());
+        }
+        if k == DW_PROBE_FROM {
+            tch::Cuda::synchronize(index as i64);
+            self.dw_probe = Some(std::time::Instant::now());
+        } else if k == DW_PROBE_FROM + DW_PROBE_STEPS
+            && let Some(t0) = self.dw_probe
+        {
+            tch::Cuda::synchronize(index as i64);
+            let per_step = t0.elapsed().as_secs_f64() / DW_PROBE_STEPS as f64;
+            let saving = planned.saturating_sub(k) as f64 * per_step * DW_CUDNN_SAVES;
+            let per_kind = if self.precision == Precision::Bf16 { DW_COMPILE_S_BF16 } else { DW_COMPILE_S_F32 };
+            if saving > 2.0 * per_kind * kinds as f64 {
+                self.net.cudnn_dw_batch = Some(batch);
+                self.dw_switched_at = Some(k);
+            }
+        }
+        Ok(())
     }
 
     fn optimizer_step(&mut self, lr: f64) -> Result<(), String> {
@@ -605,6 +783,10 @@ impl TorchEngine {
 }
 
 impl Engine for TorchEngine {
+    fn plan(&mut self, total_steps: u64) {
+        self.set_plan(total_steps);
+    }
+
     fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
         let x = self.net.input(&b.images, b.len)?;
         let y = self.labels(b)?;
@@ -947,5 +1129,96 @@ mod tests {
         let (lt, ht, nt) = torch.validate(&mut bs()).unwrap();
         assert_eq!((hb, nb), (ht, nt));
         assert!((lb - lt).abs() / lb < 1e-4, "{lb} vs {lt}");
+    }
+
+    /// A CUDA runtime, or None (the test is skipped) on a machine without a GPU;
+    /// `TAOFLOW_REQUIRE_GPU=1` turns the skip into a failure (runs on the GPU machine).
+    fn cuda_or_skip() -> Option<Runtime> {
+        let require = std::env::var_os("TAOFLOW_REQUIRE_GPU").is_some();
+        if !crate::cuda::driver_present() {
+            assert!(!require, "TAOFLOW_REQUIRE_GPU is set but there is no CUDA driver");
+            eprintln!("skipping: no GPU");
+            return None;
+        }
+        match Runtime::cuda(0, Precision::Fp32, None) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                assert!(!require, "{e}");
+                eprintln!("skipping: {e}");
+                None
+            }
+        }
+    }
+
+    /// Our depthwise kernels (kernels/depthwise.cu) against cuDNN's convolution: output,
+    /// input gradient and weight gradient, in f32 and under bf16 autocast, over the paths
+    /// the kernels take (16-byte vectors, scalar channels, kernels over 3x3, stride 2,
+    /// asymmetric padding, an NCHW input, MobileNetV2 sizes); the f32 outputs also against
+    /// libtorch's CPU convolution. GPU only.
+    #[test]
+    fn depthwise_kernels_match_cudnn() {
+        let Some(rt) = cuda_or_skip() else { return };
+        let dev = rt.device;
+        // n, c, h, w, k, stride, pad [t, l, b, r], channels-last input
+        let cases: [(i64, i64, i64, i64, i64, i64, [i64; 4], bool); 7] = [
+            (2, 32, 17, 13, 3, 1, [1, 1, 1, 1], true),
+            (3, 24, 16, 16, 3, 2, [0, 0, 1, 1], true),
+            (2, 7, 9, 11, 3, 2, [1, 1, 1, 1], true),
+            (2, 16, 12, 12, 5, 1, [2, 2, 2, 2], true),
+            (2, 12, 10, 10, 7, 2, [3, 3, 3, 3], false),
+            (128, 144, 56, 56, 3, 2, [1, 1, 1, 1], true),
+            (128, 960, 7, 7, 3, 1, [1, 1, 1, 1], true),
+        ];
+        tch::manual_seed(7);
+        for bf16 in [false, true] {
+            for &(n, c, h, w, k, s, pad, cl) in &cases {
+                let x0 = Tensor::randn([n, c, h, w], (Kind::Float, dev));
+                let x0 = if cl { to_channels_last(&x0).unwrap() } else { x0 };
+                let w0 = to_channels_last(&Tensor::randn([c, 1, k, k], (Kind::Float, dev))).unwrap();
+                let run = |ours: bool| -> (Tensor, Tensor, Tensor, Tensor) {
+                    let x = x0.detach().set_requires_grad(true);
+                    let wt = w0.detach().set_requires_grad(true);
+                    if bf16 {
+                        check(unsafe { ffi::tf_autocast(1, 1) }).unwrap();
+                    }
+                    let y = if ours {
+                        depthwise(&x, &wt, [s, s], pad).unwrap().expect("our kernels apply")
+                    } else {
+                        let [t, l, b, r] = pad;
+                        x.constant_pad_nd([l, r, t, b]).conv2d(&wt, None::<Tensor>, [s, s], [0, 0], [1, 1], c)
+                    };
+                    if bf16 {
+                        check(unsafe { ffi::tf_autocast(0, 1) }).unwrap();
+                    }
+                    let g = Tensor::randn(y.size(), (Kind::Float, dev)).g_mul_scalar(0.1);
+                    (y.to_kind(Kind::Float) * &g).sum(Kind::Float).backward();
+                    (y, x.grad(), wt.grad(), g)
+                };
+                let (y1, gx1, gw1, _) = {
+                    tch::manual_seed(11);
+                    run(true)
+                };
+                let (y2, gx2, gw2, _) = {
+                    tch::manual_seed(11);
+                    run(false)
+                };
+                let what = format!("n{n} c{c} {h}x{w} k{k} s{s} pad{pad:?} bf16={bf16}");
+                if !bf16 {
+                    // and against libtorch's CPU convolution
+                    let [t, l, b, r] = pad;
+                    let yc = x0.to_device(Device::Cpu).constant_pad_nd([l, r, t, b]).conv2d(&w0.to_device(Device::Cpu), None::<Tensor>, [s, s], [0, 0], [1, 1], c);
+                    let r = rel(&to_vec(&y1).unwrap(), &to_vec(&yc).unwrap());
+                    assert!(r < 1e-5, "{what}: output differs from libtorch's CPU convolution by {r}");
+                }
+                assert_eq!(y1.size(), y2.size(), "{what}");
+                assert_eq!(y1.kind(), y2.kind(), "{what}: output dtype");
+                let tol = if bf16 { 2e-2 } else { 1e-5 };
+                for (name, a, b) in [("output", &y1, &y2), ("input grad", &gx1, &gx2), ("weight grad", &gw1, &gw2)] {
+                    let (a, b) = (to_vec(a).unwrap(), to_vec(b).unwrap());
+                    let r = rel(&a, &b);
+                    assert!(r < tol, "{what}: {name} differs from cuDNN by {r} (relative to its max)");
+                }
+            }
+        }
     }
 }

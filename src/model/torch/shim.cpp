@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 #include <ATen/autocast_mode.h>
 #include <cstring>
+#include <dlfcn.h>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -107,6 +109,189 @@ char *tf_set_math(int tf32_matmul, int tf32_cudnn, int cudnn_benchmark) {
     at::globalContext().setAllowTF32CuBLAS(tf32_matmul != 0);
     at::globalContext().setAllowTF32CuDNN(tf32_cudnn != 0);
     at::globalContext().setBenchmarkCuDNN(cudnn_benchmark != 0);
+  })
+}
+}
+
+// ---- Depthwise convolution on our own kernels (kernels/depthwise.cu) ----
+// cuDNN 9 compiles its NHWC depthwise engines at run time, in every new process and per
+// shape (seconds for MobileNetV2's first step; PyTorch keeps the plans per thread, so they
+// cannot be built ahead in another thread). Our kernels are compiled once by NVRTC (PTX
+// cached in the store) and launched here through the CUDA driver API on the default
+// stream, the one libtorch's work runs on.
+
+namespace dw {
+typedef int (*LaunchFn)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **, void **);
+typedef int (*CtxGetFn)(void **);
+typedef int (*CtxSetFn)(void *);
+struct Device {
+  bool on = false;
+  void *ctx = nullptr;
+  void *f[12] = {};  // [dtype f32, bf16][variant vector, scalar][fwd, dgrad, wgrad]
+  int sms = 0;
+};
+static Device devices[64];
+static LaunchFn launch_fn = nullptr;
+static CtxGetFn ctx_get = nullptr;
+static CtxSetFn ctx_set = nullptr;
+static std::mutex mu;
+enum Op { FWD = 0, DGRAD = 1, WGRAD = 2 };
+
+struct Geo {
+  int N, H, W, C, OH, OW, KH, KW, sh, sw, ph, pw;
+};
+
+static bool aligned(const Tensor &t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == 0; }
+
+static void launch(int dev, int kernel, unsigned gx, unsigned gy, unsigned bx, unsigned by, unsigned shmem, void **args) {
+  const Device &d = devices[dev];
+  void *cur = nullptr;
+  ctx_get(&cur);
+  if (cur != d.ctx) ctx_set(d.ctx);
+  int r = launch_fn(d.f[kernel], gx, gy, 1, bx, by, 1, shmem, nullptr, args, nullptr);
+  TORCH_CHECK(r == 0, "taoflow depthwise kernel ", kernel, ": cuLaunchKernel failed with CUDA error ", r);
+}
+
+// Kernel index and channels per thread for a dtype, given whether every buffer allows the
+// 16-byte variant.
+static int kernel(at::ScalarType t, bool vec, Op op) { return ((t == at::kBFloat16 ? 2 : 0) + (vec ? 0 : 1)) * 3 + op; }
+static int pack(at::ScalarType t, bool vec) { return vec ? (t == at::kBFloat16 ? 8 : 4) : 1; }
+
+static void args_geo(std::vector<void *> &a, Geo &g) {
+  for (int *p : {&g.N, &g.H, &g.W, &g.C, &g.OH, &g.OW, &g.KH, &g.KW, &g.sh, &g.sw, &g.ph, &g.pw}) a.push_back(p);
+}
+
+static unsigned grid_1d(long long threads, int sms) {
+  long long blocks = (threads + 255) / 256;
+  long long cap = (long long)std::max(sms, 1) * 64;
+  return (unsigned)std::max(1LL, std::min(blocks, cap));
+}
+
+// x, w, out in the compute dtype; x and out channels-last, w [T][C].
+static void elementwise(Op op, const Tensor &in, const Tensor &wt, const Tensor &out, Geo g) {
+  int dev = in.get_device();
+  bool vec = aligned(in) && aligned(wt) && aligned(out) && g.C % pack(in.scalar_type(), true) == 0;
+  int P = pack(in.scalar_type(), vec);
+  long long threads = (long long)g.N * (op == FWD ? (long long)g.OH * g.OW : (long long)g.H * g.W) * (g.C / P);
+  void *pi = in.data_ptr(), *pw = wt.data_ptr(), *po = out.data_ptr();
+  std::vector<void *> a = {&pi, &pw, &po};
+  args_geo(a, g);
+  launch(dev, kernel(in.scalar_type(), vec, op), grid_1d(threads, devices[dev].sms), 1, 256, 1, 0, a.data());
+}
+
+static Tensor wgrad(const Tensor &x, const Tensor &dy, Geo g) {
+  int dev = x.get_device();
+  int taps = g.KH * g.KW;
+  bool vec = aligned(x) && aligned(dy) && g.C % pack(x.scalar_type(), true) == 0 && taps <= 9;
+  int P = pack(x.scalar_type(), vec);
+  int groups = g.C / P;
+  unsigned bx = (unsigned)std::min(groups, 32);
+  unsigned by = 1;
+  while (bx * by * 2 <= 256) by *= 2;
+  unsigned gx = (groups + bx - 1) / bx;
+  long long np = (long long)g.N * g.OH * g.OW;
+  long long want = (np + by * 16 - 1) / (by * 16);  // at least ~16 positions per thread
+  long long cap = std::max(1LL, (long long)devices[dev].sms * 8 / gx);
+  unsigned chunks = (unsigned)std::max(1LL, std::min(want, cap));
+  Tensor part = at::empty({(long long)chunks, taps, g.C}, x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+  void *px = x.data_ptr(), *pd = dy.data_ptr(), *pp = part.data_ptr();
+  std::vector<void *> a = {&px, &pd, &pp};
+  args_geo(a, g);
+  launch(dev, kernel(x.scalar_type(), vec, WGRAD), gx, chunks, bx, by, bx * by * P * sizeof(float), a.data());
+  return part.sum(0);  // [T, C], f32
+}
+
+static Geo geo(const Tensor &x, const Tensor &w, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Geo g;
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.KH = w.size(2), g.KW = w.size(3);
+  g.sh = sh, g.sw = sw, g.ph = ph, g.pw = pw;
+  g.OH = (g.H + 2 * ph - g.KH) / sh + 1;
+  g.OW = (g.W + 2 * pw - g.KW) / sw + 1;
+  return g;
+}
+
+// [C, 1, KH, KW] -> [KH*KW, C], contiguous.
+static Tensor taps_major(const Tensor &w) { return w.reshape({w.size(0), -1}).t().contiguous(); }
+
+struct Fn : public torch::autograd::Function<Fn> {
+  static Tensor forward(torch::autograd::AutogradContext *ctx, Tensor x, Tensor w, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    c10::DeviceGuard guard(x.device());
+    Geo g = geo(x, w, sh, sw, ph, pw);
+    Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (y.numel() > 0) elementwise(FWD, x, taps_major(w), y, g);
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["s"] = std::vector<int64_t>{sh, sw, ph, pw};
+    return y;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext *ctx, torch::autograd::tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Tensor x = saved[0], w = saved[1];
+    c10::DeviceGuard guard(x.device());
+    auto s = ctx->saved_data["s"].toIntVector();
+    Geo g = geo(x, w, s[0], s[1], s[2], s[3]);
+    Tensor dy = grads[0].to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+    Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      dx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+      if (dx.numel() > 0) elementwise(DGRAD, dy, taps_major(w), dx, g);
+    }
+    if (ctx->needs_input_grad(1)) {
+      dw = wgrad(x, dy, g).t().reshape(w.sizes()).to(w.scalar_type());
+    }
+    return {dx, dw, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+}  // namespace dw
+
+extern "C" {
+// Hand over the 12 kernels (kernels/depthwise.cu, loaded by the caller in `ctx`, the
+// device's primary context) for CUDA device `device`.
+char *tf_dw_register(int device, void *ctx, void **funcs, int sms) {
+  GUARD({
+    std::lock_guard<std::mutex> lock(dw::mu);
+    TORCH_CHECK(device >= 0 && device < 64, "device index ", device, " out of range");
+    if (!dw::launch_fn) {
+      void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+      TORCH_CHECK(h, "cannot load libcuda.so.1: ", dlerror());
+      dw::launch_fn = (dw::LaunchFn)dlsym(h, "cuLaunchKernel");
+      dw::ctx_get = (dw::CtxGetFn)dlsym(h, "cuCtxGetCurrent");
+      dw::ctx_set = (dw::CtxSetFn)dlsym(h, "cuCtxSetCurrent");
+      TORCH_CHECK(dw::launch_fn && dw::ctx_get && dw::ctx_set, "libcuda.so.1 lacks cuLaunchKernel/cuCtxGetCurrent/cuCtxSetCurrent");
+    }
+    dw::Device &d = dw::devices[device];
+    d.ctx = ctx;
+    for (int i = 0; i < 12; i++) d.f[i] = funcs[i];
+    d.sms = sms;
+    d.on = true;
+  })
+}
+
+// A depthwise convolution (w [C, 1, KH, KW], C = x's channels, dilation 1, symmetric
+// padding) on our kernels, differentiable. It computes in bf16 under CUDA bf16 autocast
+// (as cuDNN's would), otherwise in x's dtype. *out stays null where the kernels do not
+// apply (no kernels for the device, another dtype, a kernel over 7x7): the caller then runs
+// libtorch's convolution.
+char *tf_dw_conv(Tensor *x, Tensor *w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    if (!x->is_cuda() || x->dim() != 4 || w->dim() != 4) return nullptr;
+    int dev = x->get_device();
+    if (dev < 0 || dev >= 64 || !dw::devices[dev].on) return nullptr;
+    if (w->size(1) != 1 || w->size(0) != x->size(1) || w->size(2) * w->size(3) > 49) return nullptr;
+    // The kernels index with 32-bit integers.
+    int64_t oh = (x->size(2) + 2 * ph - w->size(2)) / sh + 1, ow = (x->size(3) + 2 * pw - w->size(3)) / sw + 1;
+    if (x->numel() >= (1LL << 31) || x->size(0) * x->size(1) * oh * ow >= (1LL << 31) || oh <= 0 || ow <= 0) return nullptr;
+    at::ScalarType t = x->scalar_type();
+    if (at::autocast::is_autocast_enabled(at::kCUDA)) {
+      if (at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return nullptr;
+      t = at::kBFloat16;
+    }
+    if (t != at::kFloat && t != at::kBFloat16) return nullptr;
+    Tensor xc = x->to(t).contiguous(at::MemoryFormat::ChannelsLast);
+    Tensor wc = w->to(t);
+    *out = new Tensor(dw::Fn::apply(xc, wc, sh, sw, ph, pw));
   })
 }
 }
