@@ -599,9 +599,17 @@ pub struct TorchEngine {
 /// seconds per distinct depthwise convolution (forward and backward) in bf16 / f32, and
 /// then saves about this fraction of a MobileNetV2 training step. Training moves to cuDNN
 /// when the steps left would save at least twice the compilation.
-const DW_COMPILE_S_BF16: f64 = 1.0;
-const DW_COMPILE_S_F32: f64 = 0.45;
+const DW_COMPILE_S_BF16: f64 = 0.6;
+const DW_COMPILE_S_F32: f64 = 0.3;
 const DW_CUDNN_SAVES: f64 = 0.15;
+/// Would moving the training batches' depthwise convolutions to cuDNN pay: do `steps_left`
+/// steps of `per_step` seconds (on our kernels) save at least twice what cuDNN's
+/// compilation of `kinds` distinct depthwise convolutions costs?
+fn cudnn_pays(steps_left: u64, per_step: f64, kinds: usize, precision: Precision) -> bool {
+    let per_kind = if precision == Precision::Bf16 { DW_COMPILE_S_BF16 } else { DW_COMPILE_S_F32 };
+    steps_left as f64 * per_step * DW_CUDNN_SAVES > 2.0 * per_kind * kinds as f64
+}
+
 /// Steps timed (after the first few, which include libtorch's own start-up) before deciding.
 const DW_PROBE_FROM: u64 = 3;
 const DW_PROBE_STEPS: u64 = 10;
@@ -700,9 +708,7 @@ impl TorchEngine {
         {
             tch::Cuda::synchronize(index as i64);
             let per_step = t0.elapsed().as_secs_f64() / DW_PROBE_STEPS as f64;
-            let saving = planned.saturating_sub(k) as f64 * per_step * DW_CUDNN_SAVES;
-            let per_kind = if self.precision == Precision::Bf16 { DW_COMPILE_S_BF16 } else { DW_COMPILE_S_F32 };
-            if saving > 2.0 * per_kind * kinds as f64 {
+            if cudnn_pays(planned.saturating_sub(k), per_step, kinds, self.precision) {
                 self.net.cudnn_dw_batch = Some(batch);
                 self.dw_switched_at = Some(k);
             }
@@ -1220,5 +1226,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The automatic depthwise policy's arithmetic (the switch itself needs a GPU): MobileNetV2
+    /// has 10 distinct depthwise convolutions, ResNet-18 none; at the measured step times
+    /// (22.4 ms bf16, 27 ms tf32, batch 128 at 224²) a run of 300 steps stays on our
+    /// kernels and one of 100,000 moves to cuDNN.
+    #[test]
+    fn depthwise_policy_weighs_compilation_against_steps_left() {
+        let rt = Runtime::cpu();
+        let kinds = |arch: &str| {
+            let g = crate::model::builders::by_name(arch, 1.0, crate::data::image_io::InputSpec::imagenet(64, 64), vec!["a".into(), "b".into()]).unwrap();
+            TorchNet::new(&g, &testutil::random_weights(&g, 1), &|_| false, &rt).unwrap().depthwise_kinds()
+        };
+        assert_eq!(kinds("mobilenet_v2"), 10);
+        assert_eq!(kinds("resnet18"), 0);
+        for (p, t) in [(Precision::Bf16, 0.0224), (Precision::Tf32, 0.027)] {
+            assert!(!cudnn_pays(287, t, 10, p), "{p:?}: a short run stays on our kernels");
+            assert!(cudnn_pays(99_987, t, 10, p), "{p:?}: a long run moves to cuDNN");
+        }
+        // the threshold: bf16 needs about 3,600 steps left at 22.4 ms, tf32 about 1,500 at 27 ms
+        assert!(!cudnn_pays(3_500, 0.0224, 10, Precision::Bf16) && cudnn_pays(3_700, 0.0224, 10, Precision::Bf16));
+        assert!(!cudnn_pays(1_400, 0.027, 10, Precision::Tf32) && cudnn_pays(1_600, 0.027, 10, Precision::Tf32));
     }
 }

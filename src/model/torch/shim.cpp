@@ -226,6 +226,7 @@ struct Fn : public torch::autograd::Function<Fn> {
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext *ctx, torch::autograd::tensor_list grads) {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     auto saved = ctx->get_saved_variables();
     Tensor x = saved[0], w = saved[1];
     c10::DeviceGuard guard(x.device());
