@@ -73,13 +73,7 @@ pub struct DepthwiseKernels {
 
 impl DepthwiseKernels {
     pub fn load(ordinal: usize, cache: Option<&Path>) -> Result<Self, String> {
-        if !driver_present() {
-            return Err("no CUDA driver (libcuda) on this machine".into());
-        }
-        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
-        let (maj, min) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
-        let (ptx, cached_ptx) = compile(DEPTHWISE_SRC, arch_name(maj, min), cache)?;
-        let module = ctx.load_module(ptx).map_err(|e| format!("cannot load the depthwise kernels: {e:?}"))?;
+        let (ctx, module, _, cached_ptx) = open_module(ordinal, DEPTHWISE_SRC, cache, "the depthwise kernels")?;
         let funcs = DEPTHWISE_KERNELS.iter().map(|n| module.load_function(n).map_err(|e| format!("{n}: {e:?}"))).collect::<Result<Vec<_>, _>>()?;
         let sms = ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| format!("{e:?}"))?;
         Ok(DepthwiseKernels { ctx, funcs, sms, cached_ptx })
@@ -157,6 +151,21 @@ fn pack(jobs: &[(&RgbImage, Draw, (u32, u32))]) -> Packed {
     p
 }
 
+/// GPU `ordinal`'s primary context with `src` compiled for its architecture (PTX cached in
+/// `cache`) and loaded: the context, the module, the architecture and whether the PTX came
+/// from the cache. `what` names the kernels in errors.
+fn open_module(ordinal: usize, src: &str, cache: Option<&Path>, what: &str) -> Result<(Arc<CudaContext>, Arc<cudarc::driver::CudaModule>, &'static str, bool), String> {
+    if !driver_present() {
+        return Err("no CUDA driver (libcuda) on this machine".into());
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
+    let (maj, min) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
+    let arch = arch_name(maj, min);
+    let (ptx, cached_ptx) = compile(src, arch, cache)?;
+    let module = ctx.load_module(ptx).map_err(|e| format!("cannot load {what}: {e:?}"))?;
+    Ok((ctx, module, arch, cached_ptx))
+}
+
 /// `compute_XY` for a compute capability (leaked once per distinct value).
 fn arch_name(maj: i32, min: i32) -> &'static str {
     Box::leak(format!("compute_{maj}{min}").into_boxed_str())
@@ -164,14 +173,7 @@ fn arch_name(maj: i32, min: i32) -> &'static str {
 
 impl AugmentKernel {
     pub fn new(ordinal: usize, cache: Option<&Path>) -> Result<Self, String> {
-        if !driver_present() {
-            return Err("no CUDA driver (libcuda) on this machine".into());
-        }
-        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
-        let (maj, min) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
-        let arch = arch_name(maj, min);
-        let (ptx, cached_ptx) = compile(AUGMENT_SRC, arch, cache)?;
-        let module = ctx.load_module(ptx).map_err(|e| format!("cannot load the augment kernel: {e:?}"))?;
+        let (ctx, module, arch, cached_ptx) = open_module(ordinal, AUGMENT_SRC, cache, "the augment kernel")?;
         let func = module.load_function("augment_rgb").map_err(|e| format!("{e:?}"))?;
         let device_name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
         Ok(AugmentKernel { stream: ctx.default_stream(), func, device_name, arch, cached_ptx })

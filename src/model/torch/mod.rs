@@ -281,16 +281,22 @@ fn pinned(t: &Tensor) -> Result<Tensor, String> {
 /// the tensor's GPU and apply to it (see `tf_dw_conv` in shim.cpp); `None`: run libtorch's.
 /// `pad` is [top, left, bottom, right]. Public for the benchmarks.
 pub fn depthwise(x: &Tensor, w: &Tensor, stride: [i64; 2], pad: [i64; 4]) -> Result<Option<Tensor>, String> {
+    let (padded, padding) = pad_input(x, pad)?;
+    depthwise_padded(padded.as_ref().unwrap_or(x), w, stride, padding)
+}
+
+/// A convolution's padding [top, left, bottom, right] as libtorch's convolutions take it:
+/// symmetric padding is passed on (`[top, left]`, no copy); asymmetric padding is applied
+/// to a copy of `x`, returned, and the convolution pads no more.
+fn pad_input(x: &Tensor, pad: [i64; 4]) -> Result<(Option<Tensor>, [i64; 2]), String> {
     let [t, l, b, r] = pad;
-    let padded;
-    let (x, ph, pw) = if t == b && l == r {
-        (x, t, l)
-    } else {
-        padded = x.f_constant_pad_nd([l, r, t, b]).ck()?;
-        (&padded, 0, 0)
-    };
+    if t == b && l == r { Ok((None, [t, l])) } else { Ok((Some(x.f_constant_pad_nd([l, r, t, b]).ck()?), [0, 0])) }
+}
+
+/// [`depthwise`] with symmetric `padding` [h, w].
+fn depthwise_padded(x: &Tensor, w: &Tensor, stride: [i64; 2], padding: [i64; 2]) -> Result<Option<Tensor>, String> {
     let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
-    check(unsafe { ffi::tf_dw_conv(ffi::ptr(x), ffi::ptr(w), stride[0], stride[1], ph, pw, &mut out) })?;
+    check(unsafe { ffi::tf_dw_conv(ffi::ptr(x), ffi::ptr(w), stride[0], stride[1], padding[0], padding[1], &mut out) })?;
     // SAFETY: a non-null result is a heap-allocated at::Tensor, owned from here on.
     Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out as *mut _) }))
 }
@@ -446,21 +452,19 @@ impl TorchNet {
             let get = |k: usize| vals[ins[k]].as_ref().expect("a value is kept until its last reader");
             let x = get(0);
             let y = match op {
-                LOp::Conv { w, b, stride, pad, groups }
-                    if *groups > 1 && self.device != Device::Cpu && !(train && self.cudnn_dw_batch == Some(x.size()[0])) && let Some(y) = depthwise(x, p(*w), *stride, *pad)? =>
-                {
-                    match b {
-                        Some(b) => y.f_add(&p(*b).f_to_kind(y.kind()).ck()?.f_view([1, -1, 1, 1]).ck()?).ck()?,
-                        None => y,
-                    }
-                }
                 LOp::Conv { w, b, stride, pad, groups } => {
-                    let [t, l, bo, r] = *pad;
-                    if t == bo && l == r {
-                        x.f_conv2d(p(*w), b.map(p), stride, [t, l], [1, 1], *groups).ck()?
+                    // Asymmetric padding is applied once, whichever convolution runs.
+                    let (padded, padding) = pad_input(x, *pad)?;
+                    let x = padded.as_ref().unwrap_or(x);
+                    let ours = if *groups > 1 && self.device != Device::Cpu && !(train && self.cudnn_dw_batch == Some(x.size()[0])) {
+                        depthwise_padded(x, p(*w), *stride, padding)?
                     } else {
-                        let xp = x.f_constant_pad_nd([l, r, t, bo]).ck()?;
-                        xp.f_conv2d(p(*w), b.map(p), stride, [0, 0], [1, 1], *groups).ck()?
+                        None
+                    };
+                    match (ours, b) {
+                        (Some(y), Some(b)) => y.f_add(&p(*b).f_to_kind(y.kind()).ck()?.f_view([1, -1, 1, 1]).ck()?).ck()?,
+                        (Some(y), None) => y,
+                        (None, _) => x.f_conv2d(p(*w), b.map(p), stride, padding, [1, 1], *groups).ck()?,
                     }
                 }
                 LOp::Bn { w, b, bn, eps, frozen } => {
