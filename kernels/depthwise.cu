@@ -164,7 +164,7 @@ __device__ void wgrad(const T *__restrict__ x, const T *__restrict__ dy, float *
       for (int p = 0; p < P; p++) red[slot + p] = acc[t][p];
       __syncthreads();
       for (int s = blockDim.y / 2; s > 0; s >>= 1) {
-        if (threadIdx.y < s) {
+        if ((int)threadIdx.y < s) {
 #pragma unroll
           for (int p = 0; p < P; p++) red[slot + p] += red[slot + s * blockDim.x * P + p];
         }
@@ -180,6 +180,211 @@ __device__ void wgrad(const T *__restrict__ x, const T *__restrict__ dy, float *
   }
 }
 
+// ---- 3x3 kernels, stride S (1 or 2), equal in both axes: a thread computes a strip of R
+// adjacent positions along W for its P channels, loading each input column of the strip
+// once and keeping the 3 weights of a row in registers (the simple kernels above load 9 +
+// 9 vectors per output; a strip of 4 at stride 1 loads 4.5 + 2.25). Every tap loop is
+// unrolled at compile time. Used for the 16-byte variants (MobileNet's depthwise layers).
+
+template <typename T, int P, int S, int R>
+__device__ void fwd3(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, Geo g) {
+  constexpr int K = 3, COLS = (R - 1) * S + K;
+  const unsigned cg = g.C / P;
+  const unsigned strips = (g.OW + R - 1) / R;
+  const unsigned total = (unsigned)g.N * g.OH * strips * cg;
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    const int c0 = (int)(i % cg) * P;
+    unsigned r = i / cg;
+    const int ow0 = (int)(r % strips) * R;
+    r /= strips;
+    const int oh = (int)(r % (unsigned)g.OH);
+    const int n = (int)(r / (unsigned)g.OH);
+    const int iw0 = ow0 * S - g.pw;
+    float acc[R][P];
+#pragma unroll
+    for (int q = 0; q < R; q++)
+#pragma unroll
+      for (int p = 0; p < P; p++) acc[q][p] = 0.f;
+#pragma unroll
+    for (int kh = 0; kh < K; kh++) {
+      const int ih = oh * S - g.ph + kh;
+      if (ih < 0 || ih >= g.H) continue;
+      float wv[K][P];
+#pragma unroll
+      for (int kw = 0; kw < K; kw++) load<T, P>(w + (kh * K + kw) * g.C + c0, wv[kw]);
+      const T *row = x + (n * g.H + ih) * g.W * g.C + c0;
+#pragma unroll
+      for (int j = 0; j < COLS; j++) {
+        const int iw = iw0 + j;
+        if (iw < 0 || iw >= g.W) continue;
+        float xv[P];
+        load<T, P>(row + iw * g.C, xv);
+#pragma unroll
+        for (int q = 0; q < R; q++) {
+          const int kw = j - q * S;
+          if (kw >= 0 && kw < K) {
+#pragma unroll
+            for (int p = 0; p < P; p++) acc[q][p] = fmaf(xv[p], wv[kw][p], acc[q][p]);
+          }
+        }
+      }
+    }
+    T *out = y + ((n * g.OH + oh) * g.OW + ow0) * g.C + c0;
+#pragma unroll
+    for (int q = 0; q < R; q++)
+      if (ow0 + q < g.OW) store<T, P>(out + q * g.C, acc[q]);
+  }
+}
+
+// Input gradient of fwd3 on a strip of R input columns iw0.. (R a multiple of S). Output
+// column ow feeds input column iw through tap kw where ow * S = iw + pw - kw. With base =
+// iw0 + pw and lo the first output column of the strip (lo * S >= base - 2), column lo + j
+// feeds strip position q through tap kw = q + 2 - D - j * S, D = lo * S - base + 2 in
+// [0, S): the same for every strip of a launch (R is a multiple of S), a template parameter.
+template <typename T, int P, int S, int R, int D>
+__device__ __forceinline__ void dgrad3_strip(const T *__restrict__ dy, const T *__restrict__ w, float (&acc)[R][P], int n,
+                                             int ih, int lo, int c0, const Geo &g) {
+  constexpr int K = 3, COLS = (R + K - 2) / S + 1;
+#pragma unroll
+  for (int kh = 0; kh < K; kh++) {
+    const int th = ih + g.ph - kh;  // = oh * S
+    if (th < 0 || th % S != 0) continue;
+    const int oh = th / S;
+    if (oh >= g.OH) continue;
+    float wv[K][P];
+#pragma unroll
+    for (int kw = 0; kw < K; kw++) load<T, P>(w + (kh * K + kw) * g.C + c0, wv[kw]);
+    const T *row = dy + (n * g.OH + oh) * g.OW * g.C + c0;
+#pragma unroll
+    for (int j = 0; j < COLS; j++) {
+      const int ow = lo + j;
+      if (ow < 0 || ow >= g.OW) continue;
+      float dv[P];
+      load<T, P>(row + ow * g.C, dv);
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        const int kw = q + K - 1 - D - j * S;
+        if (kw >= 0 && kw < K) {
+#pragma unroll
+          for (int p = 0; p < P; p++) acc[q][p] = fmaf(dv[p], wv[kw][p], acc[q][p]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int P, int S, int R>
+__device__ void dgrad3(const T *__restrict__ dy, const T *__restrict__ w, T *__restrict__ dx, Geo g) {
+  static_assert(R % S == 0, "strips must start on the same phase");
+  const unsigned cg = g.C / P;
+  const unsigned strips = (g.W + R - 1) / R;
+  const unsigned total = (unsigned)g.N * g.H * strips * cg;
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    const int c0 = (int)(i % cg) * P;
+    unsigned r = i / cg;
+    const int iw0 = (int)(r % strips) * R;
+    r /= strips;
+    const int ih = (int)(r % (unsigned)g.H);
+    const int n = (int)(r / (unsigned)g.H);
+    const int base = iw0 + g.pw;
+    // lo = ceil((base - 2) / S), computed on non-negative numbers
+    const int lo = (base - 2 + 3 * S + S - 1) / S - 3;
+    const int d = lo * S - base + 2;
+    float acc[R][P];
+#pragma unroll
+    for (int q = 0; q < R; q++)
+#pragma unroll
+      for (int p = 0; p < P; p++) acc[q][p] = 0.f;
+    if (S == 1 || d == 0)
+      dgrad3_strip<T, P, S, R, 0>(dy, w, acc, n, ih, lo, c0, g);
+    else
+      dgrad3_strip<T, P, S, R, (S > 1 ? 1 : 0)>(dy, w, acc, n, ih, lo, c0, g);
+    T *out = dx + ((n * g.H + ih) * g.W + iw0) * g.C + c0;
+#pragma unroll
+    for (int q = 0; q < R; q++)
+      if (iw0 + q < g.W) store<T, P>(out + q * g.C, acc[q]);
+  }
+}
+
+// Weight gradient of fwd3: threadIdx.y over strips of R output columns, otherwise as wgrad.
+template <typename T, int P, int S, int R>
+__device__ void wgrad3(const T *__restrict__ x, const T *__restrict__ dy, float *__restrict__ part, Geo g) {
+  constexpr int K = 3, TAPS = 9, COLS = (R - 1) * S + K;
+  extern __shared__ float red[];
+  const int cg = g.C / P;
+  const int gi = blockIdx.x * blockDim.x + threadIdx.x;
+  const bool valid = gi < cg;
+  const int c0 = gi * P;
+  float acc[TAPS][P];
+#pragma unroll
+  for (int t = 0; t < TAPS; t++)
+#pragma unroll
+    for (int p = 0; p < P; p++) acc[t][p] = 0.f;
+  const unsigned strips = (g.OW + R - 1) / R;
+  const unsigned ns = (unsigned)g.N * g.OH * strips;
+  if (valid) {
+    for (unsigned j = blockIdx.y * blockDim.y + threadIdx.y; j < ns; j += gridDim.y * blockDim.y) {
+      const int ow0 = (int)(j % strips) * R;
+      const unsigned r = j / strips;
+      const int oh = (int)(r % (unsigned)g.OH);
+      const int n = (int)(r / (unsigned)g.OH);
+      float dv[R][P];
+      const T *drow = dy + ((n * g.OH + oh) * g.OW + ow0) * g.C + c0;
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        if (ow0 + q < g.OW) {
+          load<T, P>(drow + q * g.C, dv[q]);
+        } else {
+#pragma unroll
+          for (int p = 0; p < P; p++) dv[q][p] = 0.f;
+        }
+      }
+      const int iw0 = ow0 * S - g.pw;
+#pragma unroll
+      for (int kh = 0; kh < K; kh++) {
+        const int ih = oh * S - g.ph + kh;
+        if (ih < 0 || ih >= g.H) continue;
+        const T *row = x + (n * g.H + ih) * g.W * g.C + c0;
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+          const int iw = iw0 + c;
+          if (iw < 0 || iw >= g.W) continue;
+          float xv[P];
+          load<T, P>(row + iw * g.C, xv);
+#pragma unroll
+          for (int q = 0; q < R; q++) {
+            const int kw = c - q * S;
+            if (kw >= 0 && kw < K) {
+#pragma unroll
+              for (int p = 0; p < P; p++) acc[kh * K + kw][p] = fmaf(dv[q][p], xv[p], acc[kh * K + kw][p]);
+            }
+          }
+        }
+      }
+    }
+  }
+  const int slot = (threadIdx.y * blockDim.x + threadIdx.x) * P;
+#pragma unroll
+  for (int t = 0; t < TAPS; t++) {
+#pragma unroll
+    for (int p = 0; p < P; p++) red[slot + p] = acc[t][p];
+    __syncthreads();
+    for (int s = blockDim.y / 2; s > 0; s >>= 1) {
+      if ((int)threadIdx.y < s) {
+#pragma unroll
+        for (int p = 0; p < P; p++) red[slot + p] += red[slot + s * blockDim.x * P + p];
+      }
+      __syncthreads();
+    }
+    if (threadIdx.y == 0 && valid) {
+      float *o = part + (blockIdx.y * TAPS + t) * g.C + c0;
+#pragma unroll
+      for (int p = 0; p < P; p++) o[p] = red[slot + p];
+    }
+    __syncthreads();
+  }
+}
+
 #define GEO int N, int H, int W, int C, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw
 #define G Geo{N, H, W, C, OH, OW, KH, KW, sh, sw, ph, pw}
 #define KERNELS(SUF, T, P, MAXT)                                                                                   \
@@ -187,8 +392,22 @@ __device__ void wgrad(const T *__restrict__ x, const T *__restrict__ dy, float *
   extern "C" __global__ void dw_dgrad_##SUF(const T *dy, const T *w, T *dx, GEO) { dgrad<T, P>(dy, w, dx, G); } \
   extern "C" __global__ void dw_wgrad_##SUF(const T *x, const T *dy, float *part, GEO) { wgrad<T, P, MAXT>(x, dy, part, G); }
 
+#define KERNELS3(SUF, T, P, S, R)                                                                                    \
+  extern "C" __global__ void dw_fwd3s##S##_##SUF(const T *x, const T *w, T *y, GEO) { fwd3<T, P, S, R>(x, w, y, G); }  \
+  extern "C" __global__ void dw_dgrad3s##S##_##SUF(const T *dy, const T *w, T *dx, GEO) {                            \
+    dgrad3<T, P, S, R>(dy, w, dx, G);                                                                               \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256, 2) dw_wgrad3s##S##_##SUF(const T *x, const T *dy, float *part, GEO) {\
+    wgrad3<T, P, S, R>(x, dy, part, G);                                                                             \
+  }
+
 // Vectorised variants take kernels up to 3x3 (MobileNet's), scalar ones up to 7x7.
 KERNELS(f32_v, float, 4, 9)
 KERNELS(f32_s, float, 1, 49)
 KERNELS(bf16_v, bf16_t, 8, 9)
 KERNELS(bf16_s, bf16_t, 1, 49)
+// 3x3 strips of 4 (vectorised only).
+KERNELS3(f32_v, float, 4, 1, 4)
+KERNELS3(f32_v, float, 4, 2, 4)
+KERNELS3(bf16_v, bf16_t, 8, 1, 4)
+KERNELS3(bf16_v, bf16_t, 8, 2, 4)

@@ -10,6 +10,9 @@ command -v awk >/dev/null || { apt-get update -qq && apt-get install -y -qq mawk
 # pipelines/fashion-mnist.toml reads Debian's Fashion-MNIST; the dry-run test of every
 # committed pipeline needs it there.
 [ -d /usr/share/datasets/fashion-mnist ] || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+# A C++ compiler runs kernels/depthwise.cu on the CPU (kernels/host/depthwise_check.cpp).
+command -v c++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
+export TAOFLOW_REQUIRE_CXX=1
 # onnxruntime runs our exported FP32 and INT8 (QDQ) models in the parity tests.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0' 'scikit-learn==1.9.1' 'onnxruntime==1.32.0'
 export TAOFLOW_REQUIRE_PYTHON=1

@@ -15,9 +15,12 @@ pub const AUGMENT_SRC: &str = include_str!("../kernels/augment.cu");
 pub const DEPTHWISE_SRC: &str = include_str!("../kernels/depthwise.cu");
 /// The depthwise kernels' entry points, in the order the torch engine's shim indexes them:
 /// dtype (f32, bf16) × variant (16-byte vectors, scalar) × (forward, input grad, weight grad).
-pub const DEPTHWISE_KERNELS: [&str; 12] = [
+pub const DEPTHWISE_KERNELS: [&str; 24] = [
     "dw_fwd_f32_v", "dw_dgrad_f32_v", "dw_wgrad_f32_v", "dw_fwd_f32_s", "dw_dgrad_f32_s", "dw_wgrad_f32_s",
     "dw_fwd_bf16_v", "dw_dgrad_bf16_v", "dw_wgrad_bf16_v", "dw_fwd_bf16_s", "dw_dgrad_bf16_s", "dw_wgrad_bf16_s",
+    // 3x3, stride 1 and 2, strips of 4 columns (vectorised)
+    "dw_fwd3s1_f32_v", "dw_dgrad3s1_f32_v", "dw_wgrad3s1_f32_v", "dw_fwd3s2_f32_v", "dw_dgrad3s2_f32_v", "dw_wgrad3s2_f32_v",
+    "dw_fwd3s1_bf16_v", "dw_dgrad3s1_bf16_v", "dw_wgrad3s1_bf16_v", "dw_fwd3s2_bf16_v", "dw_dgrad3s2_bf16_v", "dw_wgrad3s2_bf16_v",
 ];
 const PARAMS_PER_IMAGE: usize = 19;
 
@@ -264,6 +267,38 @@ mod tests {
 
     /// Compiles the kernel with NVRTC when libnvrtc is present (CI installs NVIDIA's NVRTC
     /// wheel; `scripts/test.sh` sets TAOFLOW_REQUIRE_NVRTC=1 so that a missing library fails).
+    /// kernels/depthwise.cu compiled as plain C++ and run on the CPU, thread by thread
+    /// (kernels/host/depthwise_check.cpp), against a reference convolution: the index
+    /// arithmetic of every depthwise kernel (strip edges, stride phases, padding) checked
+    /// without a GPU. The GPU test `depthwise_kernels_match_cudnn` checks the same kernels
+    /// against cuDNN on the device.
+    #[test]
+    fn depthwise_kernels_match_reference_on_the_host() {
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("depthwise_check");
+        let built = std::process::Command::new(&cxx)
+            .args(["-O2", "-std=c++17", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(root.join("kernels/host/depthwise_check.cpp"))
+            .output();
+        let built = match built {
+            Ok(o) => o,
+            Err(e) => {
+                assert!(std::env::var_os("TAOFLOW_REQUIRE_CXX").is_none(), "no C++ compiler `{cxx}`: {e}");
+                eprintln!("skipping: no C++ compiler `{cxx}` ({e})");
+                return;
+            }
+        };
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        let run = std::process::Command::new(&exe).output().unwrap();
+        let out = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success() && out.contains(" 0 failures"), "{out}{}", String::from_utf8_lossy(&run.stderr));
+        let n: usize = out.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        assert!(n >= 100, "the check ran {n} geometries: {out}");
+    }
+
     #[test]
     fn kernels_compile_with_nvrtc() {
         if !nvrtc_present() {

@@ -4,7 +4,8 @@
 #  1. the GPU test against cuDNN (model::torch::tests::depthwise_kernels_match_cudnn, from
 #     the lib test binary dist/taoflow_tests.xz, when carried);
 #  2. each of MobileNetV2's depthwise convolutions alone, ours vs cuDNN (train_bench
-#     dwbench, $OUT/dwbench.jsonl); MobileNetV2 224x224 batch 128 (examples/train_bench.rs `speed`), each a new process:
+#     dwbench, $OUT/dwbench.jsonl), 3x3 on the strip kernels and (STRIPS_AB=1, default) on
+#     the one-output-per-thread kernels (TAOFLOW_DW_STRIPS=0); MobileNetV2 224x224 batch 128 (examples/train_bench.rs `speed`), each a new process:
 #     bf16 with a cold, then a warm kernel/JIT cache, bf16 with cuDNN's depthwise
 #     (TAOFLOW_DEPTHWISE=cudnn), tf32 both ways, then PyTorch's peers (fused Adam);
 #  3. loss over 50 steps, MobileNetV2 from scratch and fine-tuned, seeds 0-11 (CURVES=1);
@@ -22,13 +23,22 @@ if [ -f dist/taoflow_tests.xz ]; then
   T=$(bash bench/gpu/unpack.sh taoflow_tests)
   TAOFLOW_REQUIRE_GPU=1 timeout 120 "$T" model::torch::tests::depthwise --test-threads 1 2>&1 | grep -E "^test |test result|panicked|differs" | tee "$OUT/tests.log"
 fi
-timeout 120 "$BIN" dwbench 128 2>> "$OUT/depthwise.err" | tee "$OUT/dwbench.jsonl" | python3 -c '
+dwbench() {  # label, env...
+  local label=$1; shift
+  timeout 120 env "$@" "$BIN" dwbench 128 2>> "$OUT/depthwise.err" | python3 -c '
 import json, sys
-print("depthwise conv (batch 128)      fwd ms ours/cudnn   fwd+bwd ms ours/cudnn   first s ours/cudnn")
+label = sys.argv[1]
+print(f"{label}: depthwise conv (batch 128)  fwd ms ours/cudnn   fwd+bwd ms ours/cudnn   first s ours/cudnn")
 for l in sys.stdin:
     d = json.loads(l)
+    d["label"] = label
+    print(json.dumps(d), file=open(sys.argv[2], "a"))
     print("{dtype:9} c{channels:<4} {side:>3}px s{stride}   {ours_fwd_ms:.3f} / {cudnn_fwd_ms:.3f}        {ours_fwd_bwd_ms:.3f} / {cudnn_fwd_bwd_ms:.3f}          {ours_first_s:.2f} / {cudnn_first_s:.2f}".format(**d))
-'
+' "$label" "$OUT/dwbench.jsonl"
+}
+# 3x3 convolutions on the strip kernels (default), then on the one-output-per-thread ones
+dwbench strips
+[ "${STRIPS_AB:-1}" = 1 ] && dwbench simple TAOFLOW_DW_STRIPS=0
 one() {  # label, env..., -- command...
   local label=$1; shift
   local line
@@ -38,9 +48,11 @@ one() {  # label, env..., -- command...
 }
 one bf16_ours_cold CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours "$BIN" speed mobilenet_v2 224 128 bf16
 one bf16_ours_warm CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours "$BIN" speed mobilenet_v2 224 128 bf16
+[ "${STRIPS_AB:-1}" = 1 ] && one bf16_ours_simple CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours TAOFLOW_DW_STRIPS=0 "$BIN" speed mobilenet_v2 224 128 bf16
 one bf16_cudnn_warm CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=cudnn "$BIN" speed mobilenet_v2 224 128 bf16
 one bf16_ours_warm2 CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours "$BIN" speed mobilenet_v2 224 128 bf16
 one tf32_ours_warm CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours "$BIN" speed mobilenet_v2 224 128 tf32
+[ "${STRIPS_AB:-1}" = 1 ] && one tf32_ours_simple CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours TAOFLOW_DW_STRIPS=0 "$BIN" speed mobilenet_v2 224 128 tf32
 one tf32_cudnn_warm CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=cudnn "$BIN" speed mobilenet_v2 224 128 tf32
 one tf32_ours_warm2 CUDA_CACHE_PATH=$J/a TAOFLOW_DEPTHWISE=ours "$BIN" speed mobilenet_v2 224 128 tf32
 # the automatic policy with a long planned run (moves training to cuDNN) and a short one

@@ -1162,16 +1162,19 @@ mod tests {
 
     /// Our depthwise kernels (kernels/depthwise.cu) against cuDNN's convolution: output,
     /// input gradient and weight gradient, in f32 and under bf16 autocast, over the paths
-    /// the kernels take (16-byte vectors, scalar channels, kernels over 3x3, stride 2,
-    /// asymmetric padding, an NCHW input, MobileNetV2 sizes); the f32 outputs also against
-    /// libtorch's CPU convolution. GPU only.
+    /// the kernels take (3x3 strips at stride 1 and 2 with widths off the strip, 16-byte
+    /// vectors, scalar channels, kernels over 3x3, asymmetric padding, an NCHW input,
+    /// MobileNetV2 sizes); the f32 outputs also against libtorch's CPU convolution. GPU only.
     #[test]
     fn depthwise_kernels_match_cudnn() {
         let Some(rt) = cuda_or_skip() else { return };
         let dev = rt.device;
         // n, c, h, w, k, stride, pad [t, l, b, r], channels-last input
-        let cases: [(i64, i64, i64, i64, i64, i64, [i64; 4], bool); 7] = [
+        let cases: [(i64, i64, i64, i64, i64, i64, [i64; 4], bool); 10] = [
             (2, 32, 17, 13, 3, 1, [1, 1, 1, 1], true),
+            (2, 16, 9, 11, 3, 2, [1, 1, 1, 1], true),
+            (3, 8, 6, 5, 3, 1, [0, 0, 0, 0], true),
+            (16, 32, 112, 112, 3, 1, [1, 1, 1, 1], true),
             (3, 24, 16, 16, 3, 2, [0, 0, 1, 1], true),
             (2, 7, 9, 11, 3, 2, [1, 1, 1, 1], true),
             (2, 16, 12, 12, 5, 1, [2, 2, 2, 2], true),

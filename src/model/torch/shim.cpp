@@ -127,7 +127,9 @@ typedef int (*CtxSetFn)(void *);
 struct Device {
   bool on = false;
   void *ctx = nullptr;
-  void *f[12] = {};  // [dtype f32, bf16][variant vector, scalar][fwd, dgrad, wgrad]
+  // 0..11: [dtype f32, bf16][variant vector, scalar][fwd, dgrad, wgrad];
+  // 12..23: 3x3 strips [dtype f32, bf16][stride 1, 2][fwd, dgrad, wgrad]
+  void *f[24] = {};
   int sms = 0;
 };
 static Device devices[64];
@@ -135,6 +137,10 @@ static LaunchFn launch_fn = nullptr;
 static CtxGetFn ctx_get = nullptr;
 static CtxSetFn ctx_set = nullptr;
 static std::mutex mu;
+// TAOFLOW_DW_STRIPS=0 keeps 3x3 convolutions on the one-output-per-thread kernels (for
+// benchmarks comparing the two).
+static bool strips_on = true;
+constexpr int STRIP = 4;  // output columns per thread in the 3x3 kernels (kernels/depthwise.cu)
 enum Op { FWD = 0, DGRAD = 1, WGRAD = 2 };
 
 struct Geo {
@@ -155,6 +161,9 @@ static void launch(int dev, int kernel, unsigned gx, unsigned gy, unsigned bx, u
 // Kernel index and channels per thread for a dtype, given whether every buffer allows the
 // 16-byte variant.
 static int kernel(at::ScalarType t, bool vec, Op op) { return ((t == at::kBFloat16 ? 2 : 0) + (vec ? 0 : 1)) * 3 + op; }
+static int kernel3(at::ScalarType t, int stride, Op op) { return 12 + ((t == at::kBFloat16 ? 2 : 0) + stride - 1) * 3 + op; }
+// The strip kernels apply: 3x3, equal strides of 1 or 2, the 16-byte variant.
+static bool strip(const Geo &g, bool vec) { return strips_on && vec && g.KH == 3 && g.KW == 3 && g.sh == g.sw && (g.sh == 1 || g.sh == 2); }
 static int pack(at::ScalarType t, bool vec) { return vec ? (t == at::kBFloat16 ? 8 : 4) : 1; }
 
 static void args_geo(std::vector<void *> &a, Geo &g) {
@@ -172,11 +181,15 @@ static void elementwise(Op op, const Tensor &in, const Tensor &wt, const Tensor 
   int dev = in.get_device();
   bool vec = aligned(in) && aligned(wt) && aligned(out) && g.C % pack(in.scalar_type(), true) == 0;
   int P = pack(in.scalar_type(), vec);
-  long long threads = (long long)g.N * (op == FWD ? (long long)g.OH * g.OW : (long long)g.H * g.W) * (g.C / P);
+  long long rows = (long long)g.N * (op == FWD ? g.OH : g.H), cols = op == FWD ? g.OW : g.W;
+  bool s3 = strip(g, vec);
+  if (s3) cols = (cols + STRIP - 1) / STRIP;
+  long long threads = rows * cols * (g.C / P);
   void *pi = in.data_ptr(), *pw = wt.data_ptr(), *po = out.data_ptr();
   std::vector<void *> a = {&pi, &pw, &po};
   args_geo(a, g);
-  launch(dev, kernel(in.scalar_type(), vec, op), grid_1d(threads, devices[dev].sms), 1, 256, 1, 0, a.data());
+  int k = s3 ? kernel3(in.scalar_type(), g.sh, op) : kernel(in.scalar_type(), vec, op);
+  launch(dev, k, grid_1d(threads, devices[dev].sms), 1, 256, 1, 0, a.data());
 }
 
 static Tensor wgrad(const Tensor &x, const Tensor &dy, Geo g) {
@@ -189,15 +202,18 @@ static Tensor wgrad(const Tensor &x, const Tensor &dy, Geo g) {
   unsigned by = 1;
   while (bx * by * 2 <= 256) by *= 2;
   unsigned gx = (groups + bx - 1) / bx;
-  long long np = (long long)g.N * g.OH * g.OW;
-  long long want = (np + by * 16 - 1) / (by * 16);  // at least ~16 positions per thread
+  bool s3 = strip(g, vec);
+  // positions (strips of STRIP in the 3x3 kernels); at least ~16 positions per thread
+  long long np = (long long)g.N * g.OH * (s3 ? (g.OW + STRIP - 1) / STRIP : g.OW);
+  long long per = s3 ? 16 / STRIP : 16;
+  long long want = (np + by * per - 1) / (by * per);
   long long cap = std::max(1LL, (long long)devices[dev].sms * 8 / gx);
   unsigned chunks = (unsigned)std::max(1LL, std::min(want, cap));
   Tensor part = at::empty({(long long)chunks, taps, g.C}, x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
   void *px = x.data_ptr(), *pd = dy.data_ptr(), *pp = part.data_ptr();
   std::vector<void *> a = {&px, &pd, &pp};
   args_geo(a, g);
-  launch(dev, kernel(x.scalar_type(), vec, WGRAD), gx, chunks, bx, by, bx * by * P * sizeof(float), a.data());
+  launch(dev, s3 ? kernel3(x.scalar_type(), g.sh, WGRAD) : kernel(x.scalar_type(), vec, WGRAD), gx, chunks, bx, by, bx * by * P * sizeof(float), a.data());
   return part.sum(0);  // [T, C], f32
 }
 
@@ -247,7 +263,7 @@ struct Fn : public torch::autograd::Function<Fn> {
 }  // namespace dw
 
 extern "C" {
-// Hand over the 12 kernels (kernels/depthwise.cu, loaded by the caller in `ctx`, the
+// Hand over the 24 kernels (kernels/depthwise.cu, loaded by the caller in `ctx`, the
 // device's primary context) for CUDA device `device`.
 char *tf_dw_register(int device, void *ctx, void **funcs, int sms) {
   GUARD({
@@ -263,7 +279,9 @@ char *tf_dw_register(int device, void *ctx, void **funcs, int sms) {
     }
     dw::Device &d = dw::devices[device];
     d.ctx = ctx;
-    for (int i = 0; i < 12; i++) d.f[i] = funcs[i];
+    for (int i = 0; i < 24; i++) d.f[i] = funcs[i];
+    const char *e = getenv("TAOFLOW_DW_STRIPS");
+    dw::strips_on = !(e && std::string(e) == "0");
     d.sms = sms;
     d.on = true;
   })
