@@ -23,6 +23,11 @@ __device__ __forceinline__ float to_f(bf16_t v) { return __uint_as_float(((unsig
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  bf16_t h;  // one instruction from sm_80 on (round to nearest even, NaN stays NaN)
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  return h;
+#endif
   unsigned u = __float_as_uint(v);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)0x7fc0;  // NaN
   u += 0x7fffu + ((u >> 16) & 1u);
@@ -392,13 +397,17 @@ __device__ void wgrad3(const T *__restrict__ x, const T *__restrict__ dy, float 
   extern "C" __global__ void dw_dgrad_##SUF(const T *dy, const T *w, T *dx, GEO) { dgrad<T, P>(dy, w, dx, G); } \
   extern "C" __global__ void dw_wgrad_##SUF(const T *x, const T *dy, float *part, GEO) { wgrad<T, P, MAXT>(x, dy, part, G); }
 
+// R: output columns per thread in the forward and input-gradient kernels (the host's
+// strip width, src/model/torch/shim.cpp); the weight gradient takes strips of 4.
 #define KERNELS3(SUF, T, P, S, R)                                                                                    \
-  extern "C" __global__ void dw_fwd3s##S##_##SUF(const T *x, const T *w, T *y, GEO) { fwd3<T, P, S, R>(x, w, y, G); }  \
-  extern "C" __global__ void dw_dgrad3s##S##_##SUF(const T *dy, const T *w, T *dx, GEO) {                            \
+  extern "C" __global__ void __launch_bounds__(256, 4) dw_fwd3s##S##_##SUF(const T *x, const T *w, T *y, GEO) {      \
+    fwd3<T, P, S, R>(x, w, y, G);                                                                                   \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256, 4) dw_dgrad3s##S##_##SUF(const T *dy, const T *w, T *dx, GEO) {  \
     dgrad3<T, P, S, R>(dy, w, dx, G);                                                                               \
   }                                                                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) dw_wgrad3s##S##_##SUF(const T *x, const T *dy, float *part, GEO) {\
-    wgrad3<T, P, S, R>(x, dy, part, G);                                                                             \
+    wgrad3<T, P, S, 4>(x, dy, part, G);                                                                             \
   }
 
 // Vectorised variants take kernels up to 3x3 (MobileNet's), scalar ones up to 7x7.
@@ -406,8 +415,9 @@ KERNELS(f32_v, float, 4, 9)
 KERNELS(f32_s, float, 1, 49)
 KERNELS(bf16_v, bf16_t, 8, 9)
 KERNELS(bf16_s, bf16_t, 1, 49)
-// 3x3 strips of 4 (vectorised only).
+// 3x3 strips (vectorised only): 4 columns in f32, 2 in bf16, each thread's registers
+// capped for 4 blocks of 256 threads per SM (measured on the H200, bench/gpu/dw_variants.cu).
 KERNELS3(f32_v, float, 4, 1, 4)
 KERNELS3(f32_v, float, 4, 2, 4)
-KERNELS3(bf16_v, bf16_t, 8, 1, 4)
-KERNELS3(bf16_v, bf16_t, 8, 2, 4)
+KERNELS3(bf16_v, bf16_t, 8, 1, 2)
+KERNELS3(bf16_v, bf16_t, 8, 2, 2)

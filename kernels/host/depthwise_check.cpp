@@ -55,7 +55,7 @@ static void expect(const char *what, const Case &c, const char *variant, const s
 
 // fwd/dgrad/wgrad of one dtype and variant against the f32 reference on inputs already
 // rounded to that dtype.
-template <typename T, int P>
+template <typename T, int P, int R = 4>
 static void check(const Case &c, bool strips, std::mt19937 &rng) {
   Geo g{c.N, c.H, c.W, c.C, (c.H + 2 * c.ph - c.K) / c.S + 1, (c.W + 2 * c.pw - c.K) / c.S + 1, c.K, c.K, c.S, c.S, c.ph, c.pw};
   const int T_ = c.K * c.K;
@@ -90,11 +90,12 @@ static void check(const Case &c, bool strips, std::mt19937 &rng) {
   auto grid = [&](long long t) { return (unsigned)std::min<long long>((t + bx - 1) / bx, 7); };  // few blocks: the grid-stride loops wrap
   const char *variant = strips ? "strip" : "simple";
   if (strips) {
-    run_grid(grid((long long)c.N * g.OH * ((g.OW + 3) / 4) * cg), 1, bx, [&] {
-      if (c.S == 1) fwd3<T, P, 1, 4>(xt.data(), wt.data(), yt.data(), g); else fwd3<T, P, 2, 4>(xt.data(), wt.data(), yt.data(), g);
+    // forward and input gradient on strips of R columns (R = 4 or 2, as the host picks per dtype)
+    run_grid(grid((long long)c.N * g.OH * ((g.OW + R - 1) / R) * cg), 1, bx, [&] {
+      if (c.S == 1) fwd3<T, P, 1, R>(xt.data(), wt.data(), yt.data(), g); else fwd3<T, P, 2, R>(xt.data(), wt.data(), yt.data(), g);
     });
-    run_grid(grid((long long)c.N * c.H * ((c.W + 3) / 4) * cg), 1, bx, [&] {
-      if (c.S == 1) dgrad3<T, P, 1, 4>(dyt.data(), wt.data(), dxt.data(), g); else dgrad3<T, P, 2, 4>(dyt.data(), wt.data(), dxt.data(), g);
+    run_grid(grid((long long)c.N * c.H * ((c.W + R - 1) / R) * cg), 1, bx, [&] {
+      if (c.S == 1) dgrad3<T, P, 1, R>(dyt.data(), wt.data(), dxt.data(), g); else dgrad3<T, P, 2, R>(dyt.data(), wt.data(), dxt.data(), g);
     });
   } else {
     run_grid(grid((long long)c.N * g.OH * g.OW * cg), 1, bx, [&] { fwd<T, P>(xt.data(), wt.data(), yt.data(), g); });
@@ -104,8 +105,8 @@ static void check(const Case &c, bool strips, std::mt19937 &rng) {
   std::vector<float> part((size_t)chunks * T_ * c.C, 0.f);
   run_grid((cg + wbx - 1) / wbx, chunks, wbx, [&] {
     if (!strips) wgrad<T, P, (P == 1 ? 49 : 9)>(xt.data(), dyt.data(), part.data(), g);
-    else if (c.S == 1) wgrad3<T, P, 1, 4>(xt.data(), dyt.data(), part.data(), g);
-    else wgrad3<T, P, 2, 4>(xt.data(), dyt.data(), part.data(), g);
+    else if (c.S == 1) wgrad3<T, P, 1, R>(xt.data(), dyt.data(), part.data(), g);
+    else wgrad3<T, P, 2, R>(xt.data(), dyt.data(), part.data(), g);
   });
   std::vector<float> y(ny), dx(nx), dw((size_t)T_ * c.C, 0.f);
   for (size_t i = 0; i < ny; i++) y[i] = to_f(yt[i]);
@@ -115,7 +116,7 @@ static void check(const Case &c, bool strips, std::mt19937 &rng) {
   float tol = bf ? 1e-2f : 1e-5f;
   const char *dt = bf ? "bf16" : "f32";
   char v[32];
-  std::snprintf(v, sizeof v, "%s %s", variant, dt);
+  std::snprintf(v, sizeof v, "%s%d %s", variant, strips ? R : 1, dt);
   expect("forward", c, v, y, y_ref, tol);
   expect("input grad", c, v, dx, dx_ref, tol);
   expect("weight grad", c, v, dw, dw_ref, bf ? 1e-5f : 1e-5f);  // f32 accumulation of exact bf16 inputs
@@ -132,6 +133,8 @@ int main() {
           if ((c.H + 2 * c.ph - 3) / S + 1 <= 0 || (c.W + 2 * c.pw - 3) / S + 1 <= 0 || c.H + 2 * c.ph < 3 || c.W + 2 * c.pw < 3) continue;
           check<float, 4>(c, true, rng);
           check<bf16_t, 8>(c, true, rng);
+          check<float, 4, 2>(c, true, rng);
+          check<bf16_t, 8, 2>(c, true, rng);
           check<float, 4>(c, false, rng);
           check<bf16_t, 8>(c, false, rng);
           check<float, 1>(c, false, rng);

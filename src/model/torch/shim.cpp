@@ -140,8 +140,10 @@ static std::mutex mu;
 // TAOFLOW_DW_STRIPS=0 keeps 3x3 convolutions on the one-output-per-thread kernels (for
 // benchmarks comparing the two).
 static bool strips_on = true;
-constexpr int STRIP = 4;  // output columns per thread in the 3x3 kernels (kernels/depthwise.cu)
 enum Op { FWD = 0, DGRAD = 1, WGRAD = 2 };
+// Output columns per thread in the 3x3 kernels (kernels/depthwise.cu's KERNELS3): forward
+// and input gradient 4 (f32) / 2 (bf16), weight gradient 4.
+static int strip_cols(at::ScalarType t, Op op) { return op != WGRAD && t == at::kBFloat16 ? 2 : 4; }
 
 struct Geo {
   int N, H, W, C, OH, OW, KH, KW, sh, sw, ph, pw;
@@ -183,7 +185,7 @@ static void elementwise(Op op, const Tensor &in, const Tensor &wt, const Tensor 
   int P = pack(in.scalar_type(), vec);
   long long rows = (long long)g.N * (op == FWD ? g.OH : g.H), cols = op == FWD ? g.OW : g.W;
   bool s3 = strip(g, vec);
-  if (s3) cols = (cols + STRIP - 1) / STRIP;
+  if (s3) cols = (cols + strip_cols(in.scalar_type(), op) - 1) / strip_cols(in.scalar_type(), op);
   long long threads = rows * cols * (g.C / P);
   void *pi = in.data_ptr(), *pw = wt.data_ptr(), *po = out.data_ptr();
   std::vector<void *> a = {&pi, &pw, &po};
@@ -203,9 +205,10 @@ static Tensor wgrad(const Tensor &x, const Tensor &dy, Geo g) {
   while (bx * by * 2 <= 256) by *= 2;
   unsigned gx = (groups + bx - 1) / bx;
   bool s3 = strip(g, vec);
-  // positions (strips of STRIP in the 3x3 kernels); at least ~16 positions per thread
-  long long np = (long long)g.N * g.OH * (s3 ? (g.OW + STRIP - 1) / STRIP : g.OW);
-  long long per = s3 ? 16 / STRIP : 16;
+  // positions (strips of 4 in the 3x3 kernels); at least ~16 positions per thread
+  const int sc = s3 ? strip_cols(x.scalar_type(), WGRAD) : 1;
+  long long np = (long long)g.N * g.OH * ((g.OW + sc - 1) / sc);
+  long long per = 16 / sc;
   long long want = (np + by * per - 1) / (by * per);
   long long cap = std::max(1LL, (long long)devices[dev].sms * 8 / gx);
   unsigned chunks = (unsigned)std::max(1LL, std::min(want, cap));
