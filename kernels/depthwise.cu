@@ -56,8 +56,41 @@ struct Geo {
   int N, H, W, C, OH, OW, KH, KW, sh, sw, ph, pw;
 };
 
+// The forward kernels' epilogue, for inference: an eval-mode batch norm folded to a
+// per-channel scale and shift (f32, [C]; scale null: none) and then, with act 1, a clamp to
+// [lo, hi] (ReLU: 0, inf; ReLU6: 0, 6; NaN stays NaN as in PyTorch). Training passes none.
+struct Epi {
+  const float *scale, *shift;
+  float lo, hi;
+  int act;
+};
+
+template <int P> struct EpiRegs {
+  float s[P], b[P];
+};
+
 template <typename T, int P>
-__device__ void fwd(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, Geo g) {
+__device__ __forceinline__ void epi_load(const Epi &e, int c0, EpiRegs<P> &r) {
+  if (e.scale) {
+#pragma unroll
+    for (int p = 0; p < P; p++) r.s[p] = e.scale[c0 + p], r.b[p] = e.shift[c0 + p];
+  }
+}
+
+template <int P>
+__device__ __forceinline__ void epi_apply(const Epi &e, const EpiRegs<P> &r, float (&a)[P]) {
+  if (e.scale) {
+#pragma unroll
+    for (int p = 0; p < P; p++) a[p] = fmaf(a[p], r.s[p], r.b[p]);
+  }
+  if (e.act) {
+#pragma unroll
+    for (int p = 0; p < P; p++) a[p] = a[p] < e.lo ? e.lo : (a[p] > e.hi ? e.hi : a[p]);
+  }
+}
+
+template <typename T, int P>
+__device__ void fwd(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, Geo g, Epi e) {
   const unsigned cg = g.C / P;
   const unsigned total = (unsigned)g.N * g.OH * g.OW * cg;
   for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
@@ -83,6 +116,9 @@ __device__ void fwd(const T *__restrict__ x, const T *__restrict__ w, T *__restr
         for (int p = 0; p < P; p++) acc[p] = fmaf(xv[p], wv[p], acc[p]);
       }
     }
+    EpiRegs<P> er;
+    epi_load<T, P>(e, c0, er);
+    epi_apply<P>(e, er, acc);
     store<T, P>(y + i * P, acc);
   }
 }
@@ -192,7 +228,7 @@ __device__ void wgrad(const T *__restrict__ x, const T *__restrict__ dy, float *
 // unrolled at compile time. Used for the 16-byte variants (MobileNet's depthwise layers).
 
 template <typename T, int P, int S, int R>
-__device__ void fwd3(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, Geo g) {
+__device__ void fwd3(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, Geo g, Epi e) {
   constexpr int K = 3, COLS = (R - 1) * S + K;
   const unsigned cg = g.C / P;
   const unsigned strips = (g.OW + R - 1) / R;
@@ -235,9 +271,13 @@ __device__ void fwd3(const T *__restrict__ x, const T *__restrict__ w, T *__rest
       }
     }
     T *out = y + ((n * g.OH + oh) * g.OW + ow0) * g.C + c0;
+    EpiRegs<P> er;
+    epi_load<T, P>(e, c0, er);
 #pragma unroll
-    for (int q = 0; q < R; q++)
+    for (int q = 0; q < R; q++) {
+      epi_apply<P>(e, er, acc[q]);
       if (ow0 + q < g.OW) store<T, P>(out + q * g.C, acc[q]);
+    }
   }
 }
 
@@ -392,16 +432,18 @@ __device__ void wgrad3(const T *__restrict__ x, const T *__restrict__ dy, float 
 
 #define GEO int N, int H, int W, int C, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw
 #define G Geo{N, H, W, C, OH, OW, KH, KW, sh, sw, ph, pw}
+#define DW_EPI const float *scale, const float *shift, float lo, float hi, int act
+#define DW_E Epi{scale, shift, lo, hi, act}
 #define KERNELS(SUF, T, P, MAXT)                                                                                   \
-  extern "C" __global__ void dw_fwd_##SUF(const T *x, const T *w, T *y, GEO) { fwd<T, P>(x, w, y, G); }          \
+  extern "C" __global__ void dw_fwd_##SUF(const T *x, const T *w, T *y, GEO, DW_EPI) { fwd<T, P>(x, w, y, G, DW_E); }          \
   extern "C" __global__ void dw_dgrad_##SUF(const T *dy, const T *w, T *dx, GEO) { dgrad<T, P>(dy, w, dx, G); } \
   extern "C" __global__ void dw_wgrad_##SUF(const T *x, const T *dy, float *part, GEO) { wgrad<T, P, MAXT>(x, dy, part, G); }
 
 // R: output columns per thread in the forward and input-gradient kernels (the host's
 // strip width, src/model/torch/shim.cpp); the weight gradient takes strips of 4.
 #define KERNELS3(SUF, T, P, S, R)                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256, 4) dw_fwd3s##S##_##SUF(const T *x, const T *w, T *y, GEO) {      \
-    fwd3<T, P, S, R>(x, w, y, G);                                                                                   \
+  extern "C" __global__ void __launch_bounds__(256, 4) dw_fwd3s##S##_##SUF(const T *x, const T *w, T *y, GEO, DW_EPI) { \
+    fwd3<T, P, S, R>(x, w, y, G, DW_E);                                                                                   \
   }                                                                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 4) dw_dgrad3s##S##_##SUF(const T *dy, const T *w, T *dx, GEO) {  \
     dgrad3<T, P, S, R>(dy, w, dx, G);                                                                               \

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # #8: our depthwise-convolution kernels (kernels/depthwise.cu) instead of cuDNN's NHWC
 # depthwise engines, which cuDNN compiles at run time in every process. In one call:
-#  1. the GPU test against cuDNN (model::torch::tests::depthwise_kernels_match_cudnn, from
+#  1. the GPU tests against cuDNN and the unfused layers (model::torch::tests::depthwise*, ::fused*, from
 #     the lib test binary dist/taoflow_tests.xz, when carried);
 #  2. each of MobileNetV2's depthwise convolutions alone, ours vs cuDNN (train_bench
-#     dwbench, $OUT/dwbench.jsonl), 3x3 on the strip kernels and (STRIPS_AB=1, default) on
+#     dwbench, $OUT/dwbench.jsonl; DWBENCH=0 skips it), 3x3 on the strip kernels and (STRIPS_AB=1, default) on
 #     the one-output-per-thread kernels (TAOFLOW_DW_STRIPS=0); MobileNetV2 224x224 batch 128 (examples/train_bench.rs `speed`), each a new process:
 #     bf16 with a cold, then a warm kernel/JIT cache, bf16 with cuDNN's depthwise
 #     (TAOFLOW_DEPTHWISE=cudnn), tf32 both ways, then PyTorch's peers (fused Adam);
@@ -21,7 +21,7 @@ RES="$OUT/depthwise.jsonl"
 J=${TMPDIR:-/tmp}/jit-dw
 if [ -f dist/taoflow_tests.xz ]; then
   T=$(bash bench/gpu/unpack.sh taoflow_tests)
-  TAOFLOW_REQUIRE_GPU=1 timeout 120 "$T" model::torch::tests::depthwise --test-threads 1 2>&1 | grep -E "^test |test result|panicked|differs" | tee "$OUT/tests.log"
+  TAOFLOW_REQUIRE_GPU=1 timeout 120 "$T" model::torch::tests::depthwise model::torch::tests::fused --test-threads 1 2>&1 | grep -E "^test |test result|panicked|differs" | tee "$OUT/tests.log"
 fi
 dwbench() {  # label, env...
   local label=$1; shift
@@ -37,8 +37,10 @@ for l in sys.stdin:
 ' "$label" "$OUT/dwbench.jsonl"
 }
 # 3x3 convolutions on the strip kernels (default), then on the one-output-per-thread ones
-dwbench strips
-[ "${STRIPS_AB:-1}" = 1 ] && dwbench simple TAOFLOW_DW_STRIPS=0
+if [ "${DWBENCH:-1}" = 1 ]; then
+  dwbench strips
+  [ "${STRIPS_AB:-1}" = 1 ] && dwbench simple TAOFLOW_DW_STRIPS=0
+fi
 one() {  # label, env..., -- command...
   local label=$1; shift
   local line

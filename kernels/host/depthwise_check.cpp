@@ -89,16 +89,17 @@ static void check(const Case &c, bool strips, std::mt19937 &rng) {
   const unsigned cg = c.C / P, bx = 64;
   auto grid = [&](long long t) { return (unsigned)std::min<long long>((t + bx - 1) / bx, 7); };  // few blocks: the grid-stride loops wrap
   const char *variant = strips ? "strip" : "simple";
+  const Epi none{nullptr, nullptr, 0.f, 0.f, 0};
   if (strips) {
     // forward and input gradient on strips of R columns (R = 4 or 2, as the host picks per dtype)
     run_grid(grid((long long)c.N * g.OH * ((g.OW + R - 1) / R) * cg), 1, bx, [&] {
-      if (c.S == 1) fwd3<T, P, 1, R>(xt.data(), wt.data(), yt.data(), g); else fwd3<T, P, 2, R>(xt.data(), wt.data(), yt.data(), g);
+      if (c.S == 1) fwd3<T, P, 1, R>(xt.data(), wt.data(), yt.data(), g, none); else fwd3<T, P, 2, R>(xt.data(), wt.data(), yt.data(), g, none);
     });
     run_grid(grid((long long)c.N * c.H * ((c.W + R - 1) / R) * cg), 1, bx, [&] {
       if (c.S == 1) dgrad3<T, P, 1, R>(dyt.data(), wt.data(), dxt.data(), g); else dgrad3<T, P, 2, R>(dyt.data(), wt.data(), dxt.data(), g);
     });
   } else {
-    run_grid(grid((long long)c.N * g.OH * g.OW * cg), 1, bx, [&] { fwd<T, P>(xt.data(), wt.data(), yt.data(), g); });
+    run_grid(grid((long long)c.N * g.OH * g.OW * cg), 1, bx, [&] { fwd<T, P>(xt.data(), wt.data(), yt.data(), g, none); });
     run_grid(grid((long long)c.N * c.H * c.W * cg), 1, bx, [&] { dgrad<T, P>(dyt.data(), wt.data(), dxt.data(), g); });
   }
   const unsigned chunks = 3, wbx = 8;
@@ -120,6 +121,42 @@ static void check(const Case &c, bool strips, std::mt19937 &rng) {
   expect("forward", c, v, y, y_ref, tol);
   expect("input grad", c, v, dx, dx_ref, tol);
   expect("weight grad", c, v, dw, dw_ref, bf ? 1e-5f : 1e-5f);  // f32 accumulation of exact bf16 inputs
+
+  // the inference epilogue: batch norm as scale/shift, then ReLU6 (and a NaN passing through)
+  std::vector<float> sc(c.C), sf(c.C), ye_ref(ny);
+  for (int ch = 0; ch < c.C; ch++) sc[ch] = 0.5f + 0.1f * ch, sf[ch] = nd(rng);
+  for (size_t i = 0; i < ny; i++) {
+    float v = std::fmaf(y_ref[i], sc[i % c.C], sf[i % c.C]);
+    ye_ref[i] = v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+  }
+  if (nx > 0) xt[0] = from_f<T>(NAN);
+  const Epi epi{sc.data(), sf.data(), 0.f, 6.f, 1};
+  std::vector<T> ye_t(ny);
+  if (strips) {
+    run_grid(grid((long long)c.N * g.OH * ((g.OW + R - 1) / R) * cg), 1, bx, [&] {
+      if (c.S == 1) fwd3<T, P, 1, R>(xt.data(), wt.data(), ye_t.data(), g, epi); else fwd3<T, P, 2, R>(xt.data(), wt.data(), ye_t.data(), g, epi);
+    });
+  } else {
+    run_grid(grid((long long)c.N * g.OH * g.OW * cg), 1, bx, [&] { fwd<T, P>(xt.data(), wt.data(), ye_t.data(), g, epi); });
+  }
+  // the outputs that read x[0] (n 0, channel 0, the top-left taps) must be NaN
+  std::vector<float> ye(ny);
+  int nan_seen = 0, nan_want = 0;
+  for (size_t i = 0; i < ny; i++) {
+    ye[i] = to_f(ye_t[i]);
+    const size_t pos = i / c.C;
+    const int ow = pos % g.OW, oh = (pos / g.OW) % g.OH, n = pos / ((size_t)g.OW * g.OH);
+    const bool reads = n == 0 && i % c.C == 0 && oh * c.S - c.ph <= 0 && oh * c.S - c.ph + c.K > 0 && ow * c.S - c.pw <= 0 && ow * c.S - c.pw + c.K > 0;
+    nan_want += reads;
+    nan_seen += std::isnan(ye[i]);
+    if (reads) ye[i] = ye_ref[i] = 0.f;
+  }
+  if (nan_seen != nan_want) {
+    failures++;
+    std::printf("FAIL epilogue %s: %d NaN outputs, %d expected\n", v, nan_seen, nan_want);
+  }
+  // (the NaN in x also spoils nothing else: the comparison below covers every other output)
+  expect("forward + batch norm + ReLU6", c, v, ye, ye_ref, bf ? 1e-2f : 1e-5f);
 }
 
 int main() {

@@ -178,8 +178,16 @@ static unsigned grid_1d(long long threads, int sms) {
   return (unsigned)std::max(1LL, std::min(blocks, cap));
 }
 
+// The forward kernels' inference epilogue (kernels/depthwise.cu's Epi): scale/shift f32
+// [C] on the device or null, act 1 clamps to [lo, hi].
+struct Epi {
+  const float *scale = nullptr, *shift = nullptr;
+  float lo = 0.f, hi = 0.f;
+  int act = 0;
+};
+
 // x, w, out in the compute dtype; x and out channels-last, w [T][C].
-static void elementwise(Op op, const Tensor &in, const Tensor &wt, const Tensor &out, Geo g) {
+static void elementwise(Op op, const Tensor &in, const Tensor &wt, const Tensor &out, Geo g, Epi e = Epi()) {
   int dev = in.get_device();
   bool vec = aligned(in) && aligned(wt) && aligned(out) && g.C % pack(in.scalar_type(), true) == 0;
   int P = pack(in.scalar_type(), vec);
@@ -190,6 +198,8 @@ static void elementwise(Op op, const Tensor &in, const Tensor &wt, const Tensor 
   void *pi = in.data_ptr(), *pw = wt.data_ptr(), *po = out.data_ptr();
   std::vector<void *> a = {&pi, &pw, &po};
   args_geo(a, g);
+  if (op == FWD)
+    for (void *p : {(void *)&e.scale, (void *)&e.shift, (void *)&e.lo, (void *)&e.hi, (void *)&e.act}) a.push_back(p);
   int k = s3 ? kernel3(in.scalar_type(), g.sh, op) : kernel(in.scalar_type(), vec, op);
   launch(dev, k, grid_1d(threads, devices[dev].sms), 1, 256, 1, 0, a.data());
 }
@@ -295,22 +305,61 @@ char *tf_dw_register(int device, void *ctx, void **funcs, int sms) {
 // (as cuDNN's would), otherwise in x's dtype. *out stays null where the kernels do not
 // apply (no kernels for the device, another dtype, a kernel over 7x7): the caller then runs
 // libtorch's convolution.
+// The dtype our kernels compute a depthwise convolution of x in, or kByte where they do
+// not apply (see tf_dw_conv).
+static at::ScalarType dw_dtype(const Tensor *x, const Tensor *w, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  const at::ScalarType no = at::kByte;
+  if (!x->is_cuda() || x->dim() != 4 || w->dim() != 4) return no;
+  int dev = x->get_device();
+  if (dev < 0 || dev >= 64 || !dw::devices[dev].on) return no;
+  if (w->size(1) != 1 || w->size(0) != x->size(1) || w->size(2) * w->size(3) > 49) return no;
+  // The kernels index with 32-bit integers.
+  int64_t oh = (x->size(2) + 2 * ph - w->size(2)) / sh + 1, ow = (x->size(3) + 2 * pw - w->size(3)) / sw + 1;
+  if (x->numel() >= (1LL << 31) || x->size(0) * x->size(1) * oh * ow >= (1LL << 31) || oh <= 0 || ow <= 0) return no;
+  at::ScalarType t = x->scalar_type();
+  if (at::autocast::is_autocast_enabled(at::kCUDA)) {
+    if (at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return no;
+    t = at::kBFloat16;
+  }
+  return t == at::kFloat || t == at::kBFloat16 ? t : no;
+}
+
+// Inference only (no autograd): a depthwise convolution followed by an eval-mode batch norm
+// folded to scale/shift (f32 [C], CUDA; both null: none) and, with act 1, a clamp to
+// [lo, hi] (ReLU, ReLU6), in one kernel. *out stays null where the kernels do not apply or
+// gradients are being recorded: the caller then runs the layers one by one.
+char *tf_dw_conv_infer(Tensor *x, Tensor *w, Tensor *scale, Tensor *shift, double lo, double hi, int act, int64_t sh, int64_t sw,
+                       int64_t ph, int64_t pw, Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    if (at::GradMode::is_enabled() && (x->requires_grad() || w->requires_grad())) return nullptr;
+    at::ScalarType t = dw_dtype(x, w, sh, sw, ph, pw);
+    if (t == at::kByte) return nullptr;
+    dw::Epi e;
+    if (scale) {
+      TORCH_CHECK(shift && scale->scalar_type() == at::kFloat && shift->scalar_type() == at::kFloat && scale->is_contiguous() &&
+                      shift->is_contiguous() && scale->numel() == x->size(1) && shift->numel() == x->size(1) &&
+                      scale->device() == x->device() && shift->device() == x->device(),
+                  "batch-norm scale and shift must be contiguous f32 [C] on the input's device");
+      e.scale = scale->data_ptr<float>();
+      e.shift = shift->data_ptr<float>();
+    }
+    e.lo = (float)lo, e.hi = (float)hi, e.act = act;
+    c10::DeviceGuard guard(x->device());
+    Tensor xc = x->to(t).contiguous(at::MemoryFormat::ChannelsLast);
+    Tensor wc = w->to(t);
+    dw::Geo g = dw::geo(xc, wc, sh, sw, ph, pw);
+    Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (y.numel() > 0) dw::elementwise(dw::FWD, xc, dw::taps_major(wc), y, g, e);
+    *out = new Tensor(y);
+  })
+}
+
 char *tf_dw_conv(Tensor *x, Tensor *w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, Tensor **out) {
   GUARD({
     *out = nullptr;
-    if (!x->is_cuda() || x->dim() != 4 || w->dim() != 4) return nullptr;
-    int dev = x->get_device();
-    if (dev < 0 || dev >= 64 || !dw::devices[dev].on) return nullptr;
-    if (w->size(1) != 1 || w->size(0) != x->size(1) || w->size(2) * w->size(3) > 49) return nullptr;
-    // The kernels index with 32-bit integers.
-    int64_t oh = (x->size(2) + 2 * ph - w->size(2)) / sh + 1, ow = (x->size(3) + 2 * pw - w->size(3)) / sw + 1;
-    if (x->numel() >= (1LL << 31) || x->size(0) * x->size(1) * oh * ow >= (1LL << 31) || oh <= 0 || ow <= 0) return nullptr;
-    at::ScalarType t = x->scalar_type();
-    if (at::autocast::is_autocast_enabled(at::kCUDA)) {
-      if (at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return nullptr;
-      t = at::kBFloat16;
-    }
-    if (t != at::kFloat && t != at::kBFloat16) return nullptr;
+    at::ScalarType t = dw_dtype(x, w, sh, sw, ph, pw);
+    if (t == at::kByte) return nullptr;
     Tensor xc = x->to(t).contiguous(at::MemoryFormat::ChannelsLast);
     Tensor wc = w->to(t);
     *out = new Tensor(dw::Fn::apply(xc, wc, sh, sw, ph, pw));
