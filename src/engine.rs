@@ -112,6 +112,10 @@ pub struct StageReport {
     pub duration_s: f64,
     #[serde(skip)]
     pub log: Option<PathBuf>,
+    /// Selected by `--only` (every stage without it). A stage left out by `--only` and
+    /// skipped is what the user asked for, not a failure of the run.
+    #[serde(skip)]
+    pub selected: bool,
 }
 
 /// Receives events as the run goes.
@@ -134,8 +138,13 @@ impl RunSummary {
     pub fn count(&self, s: Status) -> usize {
         self.reports.iter().filter(|r| r.status == s).count()
     }
+    /// Nothing failed or was interrupted, and every selected stage ran or was cached (stages
+    /// left out by `--only` may be skipped).
     pub fn ok(&self) -> bool {
-        !self.interrupted && self.count(Status::Failed) == 0 && self.count(Status::Skipped) == 0 && self.count(Status::Interrupted) == 0
+        !self.interrupted
+            && self.count(Status::Failed) == 0
+            && self.count(Status::Interrupted) == 0
+            && !self.reports.iter().any(|r| r.status == Status::Skipped && r.selected)
     }
 }
 
@@ -335,6 +344,7 @@ impl Engine {
             error: None,
             duration_s: 0.0,
             log: None,
+            selected: self.selected[i],
         }
     }
 

@@ -164,8 +164,10 @@ fn only_downstream_force_dry_run() {
     assert_eq!(m["prepare"]["status"], "cached");
     assert!(p.ran_log().is_empty());
 
-    // --only runs one stage; its dependents are left alone.
-    let s = p.statuses(&["--only", "train", "-S", "train.lr=0.3"]);
+    // --only runs one stage; its dependents are left alone, and the run succeeds.
+    let (code, m, err) = p.run_json(&["--only", "train", "-S", "train.lr=0.3"]);
+    let s: std::collections::BTreeMap<&str, &str> = m.iter().map(|(k, v)| (k.as_str(), v["status"].as_str().unwrap())).collect();
+    assert_eq!(code, 0, "{s:?} {err}");
     assert_eq!(s["train"], "ran");
     assert!(!s.contains_key("evaluate") || s["evaluate"] != "ran", "{s:?}");
     assert_eq!(p.ran_log(), ["train"]);
