@@ -158,6 +158,29 @@ __device__ void dgrad(const T *__restrict__ dy, const T *__restrict__ w, T *__re
   }
 }
 
+// The weight-gradient kernels' reduction of one tap: sums `acc` over threadIdx.y (a power of
+// two) in a fixed order through shared memory `red` and writes the block's P partial sums
+// to `out` (thread row 0, where its channels exist). Every thread of the block calls it.
+template <int P>
+__device__ __forceinline__ void block_sum(const float (&acc)[P], float *red, bool valid, float *out) {
+  const int slot = (threadIdx.y * blockDim.x + threadIdx.x) * P;
+#pragma unroll
+  for (int p = 0; p < P; p++) red[slot + p] = acc[p];
+  __syncthreads();
+  for (int s = blockDim.y / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.y < s) {
+#pragma unroll
+      for (int p = 0; p < P; p++) red[slot + p] += red[slot + s * blockDim.x * P + p];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.y == 0 && valid) {
+#pragma unroll
+    for (int p = 0; p < P; p++) out[p] = red[slot + p];
+  }
+  __syncthreads();
+}
+
 // Block (bx, by): threadIdx.x over channel groups, threadIdx.y over output positions (by a
 // power of two); grid (ceil(C/P / bx), chunks). Dynamic shared memory: by * bx * P floats.
 template <typename T, int P, int MAXT>
@@ -197,28 +220,9 @@ __device__ void wgrad(const T *__restrict__ x, const T *__restrict__ dy, float *
       }
     }
   }
-  const int slot = (threadIdx.y * blockDim.x + threadIdx.x) * P;
 #pragma unroll
-  for (int t = 0; t < MAXT; t++) {
-    if (t < taps) {
-#pragma unroll
-      for (int p = 0; p < P; p++) red[slot + p] = acc[t][p];
-      __syncthreads();
-      for (int s = blockDim.y / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.y < s) {
-#pragma unroll
-          for (int p = 0; p < P; p++) red[slot + p] += red[slot + s * blockDim.x * P + p];
-        }
-        __syncthreads();
-      }
-      if (threadIdx.y == 0 && valid) {
-        float *o = part + (blockIdx.y * taps + t) * g.C + c0;
-#pragma unroll
-        for (int p = 0; p < P; p++) o[p] = red[slot + p];
-      }
-      __syncthreads();
-    }
-  }
+  for (int t = 0; t < MAXT; t++)
+    if (t < taps) block_sum<P>(acc[t], red, valid, part + (blockIdx.y * taps + t) * g.C + c0);
 }
 
 // ---- 3x3 kernels, stride S (1 or 2), equal in both axes: a thread computes a strip of R
@@ -408,26 +412,8 @@ __device__ void wgrad3(const T *__restrict__ x, const T *__restrict__ dy, float 
       }
     }
   }
-  const int slot = (threadIdx.y * blockDim.x + threadIdx.x) * P;
 #pragma unroll
-  for (int t = 0; t < TAPS; t++) {
-#pragma unroll
-    for (int p = 0; p < P; p++) red[slot + p] = acc[t][p];
-    __syncthreads();
-    for (int s = blockDim.y / 2; s > 0; s >>= 1) {
-      if ((int)threadIdx.y < s) {
-#pragma unroll
-        for (int p = 0; p < P; p++) red[slot + p] += red[slot + s * blockDim.x * P + p];
-      }
-      __syncthreads();
-    }
-    if (threadIdx.y == 0 && valid) {
-      float *o = part + (blockIdx.y * TAPS + t) * g.C + c0;
-#pragma unroll
-      for (int p = 0; p < P; p++) o[p] = red[slot + p];
-    }
-    __syncthreads();
-  }
+  for (int t = 0; t < TAPS; t++) block_sum<P>(acc[t], red, valid, part + (blockIdx.y * TAPS + t) * g.C + c0);
 }
 
 #define GEO int N, int H, int W, int C, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw

@@ -279,7 +279,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("depthwise_check");
         let built = std::process::Command::new(&cxx)
-            .args(["-O2", "-std=c++17", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o"])
+            .args(["-O2", "-std=c++20", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o"])
             .arg(&exe)
             .arg(root.join("kernels/host/depthwise_check.cpp"))
             .output();

@@ -1,27 +1,32 @@
-// Runs kernels/depthwise.cu on the CPU (each CUDA thread in turn, blocks of one row of
-// threads so that no barrier has to wait) and checks every depthwise kernel against a
+// Runs kernels/depthwise.cu on the CPU (the forward and input-gradient kernels one CUDA
+// thread after another; the weight-gradient kernels, which reduce across a block with
+// barriers, one OS thread per CUDA thread of a block) and checks every depthwise kernel against a
 // plain reference convolution: forward, input gradient, weight gradient, f32 and bf16,
 // the 3x3 strip kernels and the one-output-per-thread ones, on geometries chosen for their
 // edges (widths not a multiple of the strip, both stride phases, padding 0/1/2).
 // Built and run by the `cuda::tests::depthwise_kernels_match_reference_on_the_host` test;
-// by hand: c++ -O2 -std=c++17 -I kernels kernels/host/depthwise_check.cpp && ./a.out
+// by hand: c++ -O2 -std=c++20 -pthread kernels/host/depthwise_check.cpp && ./a.out
+#include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-static dim3 blockIdx, threadIdx, blockDim, gridDim;
-static float red[1 << 16];  // the kernels' `extern __shared__ float red[]`
+static thread_local dim3 blockIdx, threadIdx;
+static dim3 blockDim, gridDim;
+static float red[1 << 16];  // the kernels' `extern __shared__ float red[]` (one block at a time)
+static std::barrier<> *block_barrier = nullptr;
 #define __device__
 #define __global__
 #define __forceinline__ inline
 #define __restrict__
 #define __shared__
 #define __launch_bounds__(a, b)
-#define __syncthreads()
+#define __syncthreads() block_barrier->arrive_and_wait()
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 #include "../depthwise.cu"
@@ -29,6 +34,8 @@ static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f
 template <typename F> static void run_grid(unsigned gx, unsigned gy, unsigned bx, F f) {
   gridDim = {gx, gy, 1};
   blockDim = {bx, 1, 1};
+  std::barrier<> alone(1);  // one thread row: a barrier has nobody to wait for
+  block_barrier = &alone;
   for (unsigned by = 0; by < gy; by++)
     for (unsigned b = 0; b < gx; b++)
       for (unsigned t = 0; t < bx; t++) {
@@ -36,6 +43,26 @@ template <typename F> static void run_grid(unsigned gx, unsigned gy, unsigned bx
         threadIdx = {t, 0, 1};
         f();
       }
+}
+
+// Blocks one after another, the bx x by threads of each at once (OS threads meeting at
+// __syncthreads).
+template <typename F> static void run_blocks(unsigned gx, unsigned gy, unsigned bx, unsigned by, F f) {
+  gridDim = {gx, gy, 1};
+  blockDim = {bx, by, 1};
+  for (unsigned b = 0; b < gx * gy; b++) {
+    std::barrier<> bar(bx * by);
+    block_barrier = &bar;
+    std::vector<std::thread> ts;
+    for (unsigned ty = 0; ty < by; ty++)
+      for (unsigned tx = 0; tx < bx; tx++)
+        ts.emplace_back([&, tx, ty] {
+          blockIdx = {b % gx, b / gx, 1};
+          threadIdx = {tx, ty, 1};
+          f();
+        });
+    for (auto &t : ts) t.join();
+  }
 }
 
 static float round_bf16(float v) { return to_f(from_f<bf16_t>(v)); }
@@ -56,7 +83,7 @@ static void expect(const char *what, const Case &c, const char *variant, const s
 // fwd/dgrad/wgrad of one dtype and variant against the f32 reference on inputs already
 // rounded to that dtype.
 template <typename T, int P, int R = 4>
-static void check(const Case &c, bool strips, std::mt19937 &rng) {
+static void check(const Case &c, bool strips, std::mt19937 &rng, bool threaded) {
   Geo g{c.N, c.H, c.W, c.C, (c.H + 2 * c.ph - c.K) / c.S + 1, (c.W + 2 * c.pw - c.K) / c.S + 1, c.K, c.K, c.S, c.S, c.ph, c.pw};
   const int T_ = c.K * c.K;
   const bool bf = sizeof(T) == 2;
@@ -102,13 +129,17 @@ static void check(const Case &c, bool strips, std::mt19937 &rng) {
     run_grid(grid((long long)c.N * g.OH * g.OW * cg), 1, bx, [&] { fwd<T, P>(xt.data(), wt.data(), yt.data(), g, none); });
     run_grid(grid((long long)c.N * c.H * c.W * cg), 1, bx, [&] { dgrad<T, P>(dyt.data(), wt.data(), dxt.data(), g); });
   }
+  // threaded: 4 thread rows per block, so that the kernels' shared-memory reduction across
+  // rows runs (OS threads: slow, so only on some geometries); otherwise one row, in turn
   const unsigned chunks = 3, wbx = 8;
   std::vector<float> part((size_t)chunks * T_ * c.C, 0.f);
-  run_grid((cg + wbx - 1) / wbx, chunks, wbx, [&] {
+  auto wg = [&] {
     if (!strips) wgrad<T, P, (P == 1 ? 49 : 9)>(xt.data(), dyt.data(), part.data(), g);
     else if (c.S == 1) wgrad3<T, P, 1, R>(xt.data(), dyt.data(), part.data(), g);
     else wgrad3<T, P, 2, R>(xt.data(), dyt.data(), part.data(), g);
-  });
+  };
+  if (threaded) run_blocks((cg + wbx - 1) / wbx, chunks, wbx, 4, wg);
+  else run_grid((cg + wbx - 1) / wbx, chunks, wbx, wg);
   std::vector<float> y(ny), dx(nx), dw((size_t)T_ * c.C, 0.f);
   for (size_t i = 0; i < ny; i++) y[i] = to_f(yt[i]);
   for (size_t i = 0; i < nx; i++) dx[i] = to_f(dxt[i]);
@@ -168,18 +199,19 @@ int main() {
         for (int W : {1, 3, 4, 5, 7, 8, 9, 13}) {
           Case c{2, H, W, 8, 3, S, ph, (ph + W) % 3};
           if ((c.H + 2 * c.ph - 3) / S + 1 <= 0 || (c.W + 2 * c.pw - 3) / S + 1 <= 0 || c.H + 2 * c.ph < 3 || c.W + 2 * c.pw < 3) continue;
-          check<float, 4>(c, true, rng);
-          check<bf16_t, 8>(c, true, rng);
-          check<float, 4, 2>(c, true, rng);
-          check<bf16_t, 8, 2>(c, true, rng);
-          check<float, 4>(c, false, rng);
-          check<bf16_t, 8>(c, false, rng);
-          check<float, 1>(c, false, rng);
+          const bool th = cases % 25 == 0;
+          check<float, 4>(c, true, rng, th);
+          check<bf16_t, 8>(c, true, rng, th);
+          check<float, 4, 2>(c, true, rng, th);
+          check<bf16_t, 8, 2>(c, true, rng, th);
+          check<float, 4>(c, false, rng, th);
+          check<bf16_t, 8>(c, false, rng, th);
+          check<float, 1>(c, false, rng, th);
           cases++;
         }
   for (Case c : {Case{1, 9, 11, 3, 5, 1, 2, 2}, Case{2, 10, 10, 2, 7, 2, 3, 3}, Case{1, 12, 7, 16, 3, 2, 1, 1}}) {
-    check<float, 1>(c, false, rng);
-    check<bf16_t, 1>(c, false, rng);
+    check<float, 1>(c, false, rng, true);
+    check<bf16_t, 1>(c, false, rng, false);
     cases++;
   }
   std::printf("%d geometries, %d failures\n", cases, failures);
