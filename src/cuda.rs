@@ -265,9 +265,7 @@ impl AugmentKernel {
 mod tests {
     use super::*;
 
-    /// Compiles the kernel with NVRTC when libnvrtc is present (CI installs NVIDIA's NVRTC
-    /// wheel; `scripts/test.sh` sets TAOFLOW_REQUIRE_NVRTC=1 so that a missing library fails).
-    /// kernels/depthwise.cu compiled as plain C++ and run on the CPU, thread by thread
+    /// kernels/depthwise.cu compiled as plain C++ and run on the CPU
     /// (kernels/host/depthwise_check.cpp), against a reference convolution: the index
     /// arithmetic of every depthwise kernel (strip edges, stride phases, padding) checked
     /// without a GPU. The GPU test `depthwise_kernels_match_cudnn` checks the same kernels
@@ -299,6 +297,8 @@ mod tests {
         assert!(n >= 100, "the check ran {n} geometries: {out}");
     }
 
+    /// Compiles the kernel with NVRTC when libnvrtc is present (CI installs NVIDIA's NVRTC
+    /// wheel; `scripts/test.sh` sets TAOFLOW_REQUIRE_NVRTC=1 so that a missing library fails).
     #[test]
     fn kernels_compile_with_nvrtc() {
         if !nvrtc_present() {

@@ -298,20 +298,30 @@ fn pad_input(x: &Tensor, pad: [i64; 4]) -> Result<(Option<Tensor>, [i64; 2]), St
     if t == b && l == r { Ok((None, [t, l])) } else { Ok((Some(x.f_constant_pad_nd([l, r, t, b]).ck()?), [0, 0])) }
 }
 
+/// A step has read `ins`: each value's readers drop by one, and a value nobody reads any
+/// more is freed (as PyTorch's eager modules free activations).
+fn release(ins: &[usize], readers: &mut [usize], vals: &mut [Option<Tensor>]) {
+    for &i in ins {
+        readers[i] -= 1;
+        if readers[i] == 0 {
+            vals[i] = None;
+        }
+    }
+}
+
 thread_local! {
     /// Depthwise convolutions run with their batch norm (and activation) fused, on this
     /// thread: the tests check that the fused path runs.
     static DW_FUSED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Inference: a depthwise convolution, then `bn` (an eval-mode batch norm folded to f32
-/// `[C]` scale and shift) and `act` (a clamp to [lo, hi]) in one kernel. `None` where our
+/// Inference: a depthwise convolution, then an eval-mode batch norm folded to f32 `[C]`
+/// `scale` and `shift`, then `act` (a clamp to [lo, hi]) in one kernel. `None` where our
 /// kernels do not apply (or autograd records).
-fn depthwise_infer(x: &Tensor, w: &Tensor, bn: Option<(&Tensor, &Tensor)>, act: Option<(f64, f64)>, stride: [i64; 2], padding: [i64; 2]) -> Result<Option<Tensor>, String> {
+fn depthwise_infer(x: &Tensor, w: &Tensor, scale: &Tensor, shift: &Tensor, act: Option<(f64, f64)>, stride: [i64; 2], padding: [i64; 2]) -> Result<Option<Tensor>, String> {
     let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
-    let (scale, shift) = bn.map(|(a, b)| (ffi::ptr(a), ffi::ptr(b))).unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()));
     let (lo, hi) = act.unwrap_or((0.0, 0.0));
-    check(unsafe { ffi::tf_dw_conv_infer(ffi::ptr(x), ffi::ptr(w), scale, shift, lo, hi, act.is_some() as i32, stride[0], stride[1], padding[0], padding[1], &mut out) })?;
+    check(unsafe { ffi::tf_dw_conv_infer(ffi::ptr(x), ffi::ptr(w), ffi::ptr(scale), ffi::ptr(shift), lo, hi, act.is_some() as i32, stride[0], stride[1], padding[0], padding[1], &mut out) })?;
     // SAFETY: a non-null result is a heap-allocated at::Tensor, owned from here on.
     Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out as *mut _) }))
 }
@@ -470,12 +480,7 @@ impl TorchNet {
             if let Some((last, _)) = &folded
                 && si <= *last
             {
-                for &i in ins {
-                    readers[i] -= 1;
-                    if readers[i] == 0 {
-                        vals[i] = None;
-                    }
-                }
+                release(ins, &mut readers, &mut vals);
                 let done = si == *last;
                 vals.push(if done { folded.take().map(|(_, y)| y) } else { None });
                 continue;
@@ -503,13 +508,8 @@ impl TorchNet {
                     shift = shift.f_add(&p(*b).f_to_kind(Kind::Float).ck()?.f_mul(&scale).ck()?).ck()?;
                 }
                 let (scale, shift) = (scale.f_contiguous().ck()?, shift.f_contiguous().ck()?);
-                if let Some(y) = depthwise_infer(x, p(*w), Some((&scale, &shift)), act, *stride, padding)? {
-                    for &i in ins {
-                        readers[i] -= 1;
-                        if readers[i] == 0 {
-                            vals[i] = None;
-                        }
-                    }
+                if let Some(y) = depthwise_infer(x, p(*w), &scale, &shift, act, *stride, padding)? {
+                    release(ins, &mut readers, &mut vals);
                     vals.push(None);
                     folded = Some((si + 1 + act.is_some() as usize, y));
                     DW_FUSED.with(|n| n.set(n.get() + 1));
@@ -564,12 +564,7 @@ impl TorchNet {
                     acc
                 }
             };
-            for &i in ins {
-                readers[i] -= 1;
-                if readers[i] == 0 {
-                    vals[i] = None;
-                }
-            }
+            release(ins, &mut readers, &mut vals);
             vals.push(Some(y));
         }
         let out = vals[self.output].take().ok_or("the output was dropped")?;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -243,12 +244,38 @@ static Geo geo(const Tensor &x, const Tensor &w, int64_t sh, int64_t sw, int64_t
 // [C, 1, KH, KW] -> [KH*KW, C], contiguous.
 static Tensor taps_major(const Tensor &w) { return w.reshape({w.size(0), -1}).t().contiguous(); }
 
+// The forward convolution (x channels-last and w in the compute dtype), with the
+// inference epilogue `e` (none for training).
+static Tensor conv_forward(const Tensor &x, const Tensor &w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, Epi e = Epi()) {
+  c10::DeviceGuard guard(x.device());
+  Geo g = geo(x, w, sh, sw, ph, pw);
+  Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() > 0) elementwise(FWD, x, taps_major(w), y, g, e);
+  return y;
+}
+
+// The dtype our kernels compute a depthwise convolution of x in (see tf_dw_conv), or none
+// where they do not apply.
+static std::optional<at::ScalarType> compute_dtype(const Tensor *x, const Tensor *w, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  if (!x->is_cuda() || x->dim() != 4 || w->dim() != 4) return std::nullopt;
+  int dev = x->get_device();
+  if (dev < 0 || dev >= 64 || !devices[dev].on) return std::nullopt;
+  if (w->size(1) != 1 || w->size(0) != x->size(1) || w->size(2) * w->size(3) > 49) return std::nullopt;
+  // The kernels index with 32-bit integers.
+  int64_t oh = (x->size(2) + 2 * ph - w->size(2)) / sh + 1, ow = (x->size(3) + 2 * pw - w->size(3)) / sw + 1;
+  if (x->numel() >= (1LL << 31) || x->size(0) * x->size(1) * oh * ow >= (1LL << 31) || oh <= 0 || ow <= 0) return std::nullopt;
+  at::ScalarType t = x->scalar_type();
+  if (at::autocast::is_autocast_enabled(at::kCUDA)) {
+    if (at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return std::nullopt;
+    t = at::kBFloat16;
+  }
+  if (t != at::kFloat && t != at::kBFloat16) return std::nullopt;
+  return t;
+}
+
 struct Fn : public torch::autograd::Function<Fn> {
   static Tensor forward(torch::autograd::AutogradContext *ctx, Tensor x, Tensor w, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
-    c10::DeviceGuard guard(x.device());
-    Geo g = geo(x, w, sh, sw, ph, pw);
-    Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-    if (y.numel() > 0) elementwise(FWD, x, taps_major(w), y, g);
+    Tensor y = conv_forward(x, w, sh, sw, ph, pw);
     ctx->save_for_backward({x, w});
     ctx->saved_data["s"] = std::vector<int64_t>{sh, sw, ph, pw};
     return y;
@@ -300,32 +327,8 @@ char *tf_dw_register(int device, void *ctx, void **funcs, int sms) {
   })
 }
 
-// A depthwise convolution (w [C, 1, KH, KW], C = x's channels, dilation 1, symmetric
-// padding) on our kernels, differentiable. It computes in bf16 under CUDA bf16 autocast
-// (as cuDNN's would), otherwise in x's dtype. *out stays null where the kernels do not
-// apply (no kernels for the device, another dtype, a kernel over 7x7): the caller then runs
-// libtorch's convolution.
-// The dtype our kernels compute a depthwise convolution of x in, or kByte where they do
-// not apply (see tf_dw_conv).
-static at::ScalarType dw_dtype(const Tensor *x, const Tensor *w, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
-  const at::ScalarType no = at::kByte;
-  if (!x->is_cuda() || x->dim() != 4 || w->dim() != 4) return no;
-  int dev = x->get_device();
-  if (dev < 0 || dev >= 64 || !dw::devices[dev].on) return no;
-  if (w->size(1) != 1 || w->size(0) != x->size(1) || w->size(2) * w->size(3) > 49) return no;
-  // The kernels index with 32-bit integers.
-  int64_t oh = (x->size(2) + 2 * ph - w->size(2)) / sh + 1, ow = (x->size(3) + 2 * pw - w->size(3)) / sw + 1;
-  if (x->numel() >= (1LL << 31) || x->size(0) * x->size(1) * oh * ow >= (1LL << 31) || oh <= 0 || ow <= 0) return no;
-  at::ScalarType t = x->scalar_type();
-  if (at::autocast::is_autocast_enabled(at::kCUDA)) {
-    if (at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return no;
-    t = at::kBFloat16;
-  }
-  return t == at::kFloat || t == at::kBFloat16 ? t : no;
-}
-
 // Inference only (no autograd): a depthwise convolution followed by an eval-mode batch norm
-// folded to scale/shift (f32 [C], CUDA; both null: none) and, with act 1, a clamp to
+// folded to scale/shift (f32 [C], on x's device) and, with act 1, a clamp to
 // [lo, hi] (ReLU, ReLU6), in one kernel. *out stays null where the kernels do not apply or
 // gradients are being recorded: the caller then runs the layers one by one.
 char *tf_dw_conv_infer(Tensor *x, Tensor *w, Tensor *scale, Tensor *shift, double lo, double hi, int act, int64_t sh, int64_t sw,
@@ -333,35 +336,29 @@ char *tf_dw_conv_infer(Tensor *x, Tensor *w, Tensor *scale, Tensor *shift, doubl
   GUARD({
     *out = nullptr;
     if (at::GradMode::is_enabled() && (x->requires_grad() || w->requires_grad())) return nullptr;
-    at::ScalarType t = dw_dtype(x, w, sh, sw, ph, pw);
-    if (t == at::kByte) return nullptr;
-    dw::Epi e;
-    if (scale) {
-      TORCH_CHECK(shift && scale->scalar_type() == at::kFloat && shift->scalar_type() == at::kFloat && scale->is_contiguous() &&
-                      shift->is_contiguous() && scale->numel() == x->size(1) && shift->numel() == x->size(1) &&
-                      scale->device() == x->device() && shift->device() == x->device(),
-                  "batch-norm scale and shift must be contiguous f32 [C] on the input's device");
-      e.scale = scale->data_ptr<float>();
-      e.shift = shift->data_ptr<float>();
-    }
-    e.lo = (float)lo, e.hi = (float)hi, e.act = act;
-    c10::DeviceGuard guard(x->device());
-    Tensor xc = x->to(t).contiguous(at::MemoryFormat::ChannelsLast);
-    Tensor wc = w->to(t);
-    dw::Geo g = dw::geo(xc, wc, sh, sw, ph, pw);
-    Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
-    if (y.numel() > 0) dw::elementwise(dw::FWD, xc, dw::taps_major(wc), y, g, e);
-    *out = new Tensor(y);
+    std::optional<at::ScalarType> t = dw::compute_dtype(x, w, sh, sw, ph, pw);
+    if (!t) return nullptr;
+    TORCH_CHECK(scale && shift && scale->scalar_type() == at::kFloat && shift->scalar_type() == at::kFloat && scale->is_contiguous() &&
+                    shift->is_contiguous() && scale->numel() == x->size(1) && shift->numel() == x->size(1) &&
+                    scale->device() == x->device() && shift->device() == x->device(),
+                "batch-norm scale and shift must be contiguous f32 [C] on the input's device");
+    dw::Epi e{scale->data_ptr<float>(), shift->data_ptr<float>(), (float)lo, (float)hi, act};
+    *out = new Tensor(dw::conv_forward(x->to(*t).contiguous(at::MemoryFormat::ChannelsLast), w->to(*t), sh, sw, ph, pw, e));
   })
 }
 
+// A depthwise convolution (w [C, 1, KH, KW], C = x's channels, dilation 1, symmetric
+// padding) on our kernels, differentiable. It computes in bf16 under CUDA bf16 autocast
+// (as cuDNN's would), otherwise in x's dtype. *out stays null where the kernels do not
+// apply (no kernels for the device, another dtype, a kernel over 7x7): the caller then runs
+// libtorch's convolution.
 char *tf_dw_conv(Tensor *x, Tensor *w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, Tensor **out) {
   GUARD({
     *out = nullptr;
-    at::ScalarType t = dw_dtype(x, w, sh, sw, ph, pw);
-    if (t == at::kByte) return nullptr;
-    Tensor xc = x->to(t).contiguous(at::MemoryFormat::ChannelsLast);
-    Tensor wc = w->to(t);
+    std::optional<at::ScalarType> t = dw::compute_dtype(x, w, sh, sw, ph, pw);
+    if (!t) return nullptr;
+    Tensor xc = x->to(*t).contiguous(at::MemoryFormat::ChannelsLast);
+    Tensor wc = w->to(*t);
     *out = new Tensor(dw::Fn::apply(xc, wc, sh, sw, ph, pw));
   })
 }
