@@ -100,7 +100,8 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
     let last_loss = last.unwrap().double_value(&[]);
     sync();
     let train_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
-    let ib = 256;
+    // INFER_BATCH: the inference batch (256 by default; small ones show per-call overheads).
+    let ib: usize = std::env::var("INFER_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let images: Vec<f32> = (0..ib * g.input.len()).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
     let xi = eng.net.input(&images, ib).unwrap();
     for _ in 0..5 {
@@ -109,20 +110,28 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
     sync();
     // Five rounds of 20 batches; the median round is the figure (one round is noisy).
     let reps = 20;
-    let mut rounds: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..reps {
-                let _ = eng.infer(&xi).unwrap();
-            }
-            sync();
-            (reps * ib) as f64 / t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let infer_rounds = rounds.clone();
-    rounds.sort_by(f64::total_cmp);
-    let infer_ips = rounds[2];
-    // The bf16 kernel cache must not change a logit.
+    let rounds = |eng: &mut TorchEngine, cached: bool| -> Vec<f64> {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    let _ = if cached { eng.infer(&xi) } else { eng.infer_uncached(&xi) }.unwrap();
+                }
+                sync();
+                (reps * ib) as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect()
+    };
+    let median = |mut r: Vec<f64>| {
+        r.sort_by(f64::total_cmp);
+        r[2]
+    };
+    let infer_rounds = rounds(&mut eng, true);
+    let infer_ips = median(infer_rounds.clone());
+    // The same without the inference cache (bf16 casts and batch-norm folds at every call).
+    let uncached_rounds = rounds(&mut eng, false);
+    let infer_uncached_ips = median(uncached_rounds.clone());
+    // The inference cache (bf16 kernels, folded batch norms) must not change a logit.
     let cached = eng.infer(&xi).unwrap();
     let plain = eng.infer_uncached(&xi).unwrap();
     let cache_max_abs_diff = (cached - plain).abs().max().double_value(&[]);
@@ -130,7 +139,7 @@ fn speed(arch: &str, size: u32, batch: usize, precision: Precision, t_main: Inst
         "{}",
         serde_json::json!({"impl": "taoflow", "arch": arch, "size": size, "batch": batch, "precision": format!("{precision:?}").to_lowercase(),
             "init_s": init_s, "first_step_s": first_step_s, "process_to_first_step_s": to_first_step_s,
-            "train_img_s": train_ips, "infer_img_s": infer_ips, "infer_rounds": infer_rounds, "infer_cache_max_abs_diff": cache_max_abs_diff, "first_loss": first_loss, "last_loss": last_loss,
+            "train_img_s": train_ips, "infer_img_s": infer_ips, "infer_rounds": infer_rounds, "infer_batch": ib, "infer_uncached_img_s": infer_uncached_ips, "infer_uncached_rounds": uncached_rounds, "infer_cache_max_abs_diff": cache_max_abs_diff, "first_loss": first_loss, "last_loss": last_loss,
             "depthwise": std::env::var("TAOFLOW_DEPTHWISE").unwrap_or_else(|_| "auto".into()), "plan_steps": plan, "dw_switched_at": eng.dw_switched_at, "warmup_s": warmup_s})
     );
 }
@@ -157,6 +166,10 @@ fn learnable_batch(g: &ModelGraph, n: usize, seed: u64, step: u64) -> Batch {
     }
     Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] }
 }
+
+/// Held-out batches after a `curve` run: 16 x BATCH images, their step indices far past any run's.
+const HELD_OUT_BATCHES: u64 = 16;
+const HELD_OUT_FROM: u64 = 1 << 20;
 
 /// Loss per step of `engine` over `steps` learnable batches.
 fn losses(engine: &mut dyn Engine, g: &ModelGraph, batch: usize, seed: u64, steps: usize, lr: f64) -> Vec<f64> {
@@ -219,25 +232,50 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
         } else {
             &w
         };
-        let curve = match name {
+        let mut eng: Box<dyn Engine> = match name {
             "burn" => {
                 let device = Default::default();
                 let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(w, &device).unwrap();
-                losses(&mut BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1), &g, batch, seed, steps, lr)
+                Box::new(BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1))
             }
-            "torch64" => losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
-            "torch_cpu" => losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap(), &g, batch, seed, steps, lr),
+            "torch64" => Box::new(TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap()),
+            "torch_cpu" => Box::new(TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap()),
             p => {
                 let p = Precision::parse(p).unwrap_or_else(|| panic!("unknown engine `{p}`: burn, torch_cpu, fp32, tf32 or bf16"));
                 let rt = Runtime::cuda(0, p, kernel_cache().as_deref()).unwrap();
-                losses(&mut TorchEngine::new(TorchNet::new(&g, w, &|_| false, &rt).unwrap(), &c, p).unwrap(), &g, batch, seed, steps, lr)
+                Box::new(TorchEngine::new(TorchNet::new(&g, w, &|_| false, &rt).unwrap(), &c, p).unwrap())
             }
         };
+        let curve = losses(eng.as_mut(), &g, batch, seed, steps, lr);
+        let train_s = t.elapsed().as_secs_f64();
+        // The model after the last step, judged on held-out batches (the same generator, step
+        // indices far past the run's) in inference mode: once by the engine itself, once by
+        // one common judge (this engine in f64 on cuda:0 where there is a GPU, else on
+        // libtorch's CPU kernels: the same within f64 rounding; from the weights and
+        // running statistics the engine exports), so that only the trained model differs.
+        let held_out = || (0..HELD_OUT_BATCHES).map(|i| Ok(learnable_batch(&g, batch, seed, HELD_OUT_FROM + i)));
+        let (sl, sh, n) = eng.validate(&mut held_out()).unwrap();
+        let trained: HashMap<String, WeightData> = eng.weights().unwrap().into_iter().collect();
+        drop(eng);
+        let judge_rt = if tch::Cuda::is_available() { Runtime::cuda(0, Precision::Fp32, kernel_cache().as_deref()).unwrap() } else { Runtime::cpu() };
+        let mut judge = TorchEngine::new(TorchNet::new(&g, &trained, &|_| false, &judge_rt).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap();
+        let (jl, jh, jn) = judge.validate(&mut held_out()).unwrap();
+        // ... and with each batch's own batch-norm statistics (as the training loss is taken),
+        // which does not depend on the running statistics' lag behind the weights.
+        let mut bl = 0.0;
+        for b in held_out() {
+            let b = b.unwrap();
+            let _g = tch::no_grad_guard();
+            let x = judge.net.input(&b.images, b.len).unwrap();
+            let y = tch::Tensor::from_slice(&b.labels.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(x.device());
+            bl += judge.net.forward(&x, true).unwrap().cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
+        }
         println!(
             "{}",
             serde_json::json!({"arch": arch, "size": size, "batch": batch, "steps": steps, "seed": seed, "lr": lr, "optimizer": "sgd momentum 0.9",
                 "pretrained": pretrained.map(|p| std::path::Path::new(p).file_name().unwrap().to_string_lossy().to_string()), "pretrained_tensors": loaded,
-                "engine": engine, "losses": curve, "seconds": t.elapsed().as_secs_f64()})
+                "engine": engine, "losses": curve, "seconds": train_s,
+                "held_out": {"images": n, "loss": sl / n as f64, "top1": sh as f64 / n as f64, "judge_f64_loss": jl / jn as f64, "judge_f64_top1": jh as f64 / jn as f64, "judge_f64_batch_stats_loss": bl / jn as f64}})
         );
     }
 }

@@ -14,6 +14,11 @@ horizon like theirs means no difference beyond rounding. Writes the table as JSO
 second fp32 run, `fp32#2`, and `fp32+ulp`; `--ref torch64` for f32 against f64). A run of an
 engine and seed seen before in the same model is named ENGINE#2, #3, ...
 
+Runs that carry `held_out` (the trained model judged on held-out images, see held_out.sh)
+get a second table: per engine, the paired per-seed relative difference of that held-out
+loss from the reference's (mean, 95 % interval, largest) and how many seeds lie within 1 %,
+for the judge's loss with running statistics and with each batch's own statistics.
+
 usage: curve_stats.py FILE... [--json OUT.json] [--ref ENGINE]
 """
 import json
@@ -33,6 +38,7 @@ if "--ref" in args:
     ref_engine = args[i + 1]
     del args[i : i + 2]
 runs = defaultdict(dict)  # (arch, pretrained) -> {(engine, seed): losses}
+held = defaultdict(dict)  # (arch, pretrained) -> {(engine, seed): held_out}
 meta = {}
 for f in args:
     for line in open(f):
@@ -48,6 +54,8 @@ for f in args:
             k += 1
             e = f'{d["engine"]}#{k}'
         runs[key][(e, d["seed"])] = d["losses"]
+        if "held_out" in d:
+            held[key][(e, d["seed"])] = d["held_out"]
         meta[key] = {k: d[k] for k in ("size", "batch", "steps", "lr", "optimizer")}
 
 
@@ -87,5 +95,27 @@ for key in sorted(runs):
         print(f"  {e:13} {len(seeds):5} {ma:12.4f} {mb:8.4f} {rel*100:+8.2f}% {md*100:+7.2f}% ({(md-half)*100:+.2f}..{(md+half)*100:+.2f}%) {mx*100:9.2f}% {rel50*100:+15.2f}% {med:5} ({hz[0]}-{hz[-1]})")
         report.append({"arch": key[0], "pretrained": key[1], "engine": e, "reference": ref_engine, "seeds": seeds, "last10_mean": ma, "ref_last10_mean": mb, "rel_diff": rel,
                        "paired_mean": md, "paired_ci95": [md - half, md + half], "max_abs_seed_rel_diff": mx, "step50_rel_diff": rel50, "horizon_1pct": hz})
+for key in sorted(held):
+    h = held[key]
+    ref = {s: v for (e, s), v in h.items() if e == ref_engine}
+    engines = sorted({e for (e, _) in h if e != ref_engine}, key=lambda e: (order.index(e) if e in order else 99, e))
+    if not ref or not engines:
+        continue
+    print(f"\n{key[0]} ({key[1]}): held-out loss after {meta[key]['steps']} steps (judge: libtorch CPU f64), paired per seed against {ref_engine}")
+    print(f"  {'engine':13} {'metric':12} {'seeds':>5} {'ref mean':>9} {'paired mean (95% CI)':>24} {'max |seed|':>10} {'within 1%':>9}")
+    for e in engines:
+        for metric, field in (("running", "judge_f64_loss"), ("batch stats", "judge_f64_batch_stats_loss")):
+            seeds = sorted(s for (ee, s) in h if ee == e and s in ref and field in h[(e, s)] and field in ref[s])
+            if not seeds:
+                continue
+            d = [(h[(e, s)][field] - ref[s][field]) / ref[s][field] for s in seeds]
+            md = sum(d) / len(d)
+            sd = math.sqrt(sum((x - md) ** 2 for x in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
+            half = t95(len(d)) * sd / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+            within = sum(abs(x) <= 0.01 for x in d)
+            mref = sum(ref[s][field] for s in seeds) / len(seeds)
+            print(f"  {e:13} {metric:12} {len(seeds):5} {mref:9.4f} {md*100:+7.2f}% ({(md-half)*100:+.2f}..{(md+half)*100:+.2f}%) {max(abs(x) for x in d)*100:9.2f}% {within:5}/{len(d)}")
+            report.append({"arch": key[0], "pretrained": key[1], "engine": e, "reference": ref_engine, "held_out_metric": field, "seeds": seeds,
+                           "ref_mean": mref, "paired_mean": md, "paired_ci95": [md - half, md + half], "max_abs_seed_rel_diff": max(abs(x) for x in d), "within_1pct": within})
 if out_json:
     json.dump(report, open(out_json, "w"), indent=1)

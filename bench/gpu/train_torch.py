@@ -5,6 +5,7 @@ PyTorch user runs). Prints one JSON line.
 usage: train_torch.py ARCH SIZE BATCH fp32|tf32|bf16 [--fused]
 """
 import json
+import os
 import sys
 import time
 
@@ -62,7 +63,7 @@ train_ips = steps * batch / (time.perf_counter() - t)
 last_loss = last.item()
 
 model.eval()
-ib = 256
+ib = int(os.environ.get("INFER_BATCH", "256"))  # as train_bench's INFER_BATCH
 xi = torch.rand(ib, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
 # As a PyTorch user runs inference: one autocast region (whose cast cache then keeps the
 # bf16 weights) around the whole loop. Five rounds of 20 batches, median round.
@@ -81,5 +82,5 @@ with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
 infer_ips = sorted(rounds)[2]
 print(json.dumps({"impl": "pytorch-fused" if fused else "pytorch", "arch": arch, "size": size, "batch": batch, "precision": precision,
                   "init_s": init_s, "first_step_s": first_step_s, "process_to_first_step_s": to_first,
-                  "train_img_s": train_ips, "infer_img_s": infer_ips, "infer_rounds": rounds, "first_loss": first_loss, "last_loss": last_loss,
+                  "train_img_s": train_ips, "infer_img_s": infer_ips, "infer_rounds": rounds, "infer_batch": ib, "first_loss": first_loss, "last_loss": last_loss,
                   "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20}))

@@ -309,6 +309,15 @@ fn release(ins: &[usize], readers: &mut [usize], vals: &mut [Option<Tensor>]) {
     }
 }
 
+/// Tensors that inference reuses from call to call while the weights stay the same
+/// ([`TorchNet::infer_cache`]); the engine drops it at every step and restore.
+struct InferCache {
+    /// bf16 copies of the kernels (bf16 inference), by parameter index.
+    kernels: Option<Vec<Option<Tensor>>>,
+    /// Fused depthwise layers' batch norms as f32 scale and shift, by the convolution's step.
+    dw_bn: HashMap<usize, (Tensor, Tensor)>,
+}
+
 thread_local! {
     /// Depthwise convolutions run with their batch norm (and activation) fused, on this
     /// thread: the tests check that the fused path runs.
@@ -458,7 +467,7 @@ impl TorchNet {
 
     /// [`Self::forward`] with some parameters replaced (`over[i]`, where set): the engine's
     /// bf16 copies of the kernels for inference.
-    fn forward_with(&self, x: &Tensor, train: bool, over: Option<&[Option<Tensor>]>) -> Result<Tensor, String> {
+    fn forward_with(&self, x: &Tensor, train: bool, cache: Option<&InferCache>) -> Result<Tensor, String> {
         let mut vals: Vec<Option<Tensor>> = Vec::with_capacity(self.steps.len() + 1);
         vals.push(Some(x.shallow_clone()));
         // How many later steps read each value: drop a value after its last reader, as
@@ -470,6 +479,7 @@ impl TorchNet {
             }
         }
         readers[self.output] += 1;
+        let over = cache.and_then(|c| c.kernels.as_deref());
         let p = |i: usize| over.and_then(|o| o[i].as_ref()).unwrap_or(&self.params[i].t);
         // Inference on the GPU: a depthwise convolution read only by an eval-mode batch norm
         // (itself read only by a ReLU/ReLU6, optionally) runs as one kernel of ours; the
@@ -488,7 +498,7 @@ impl TorchNet {
             if fuse
                 && let LOp::Conv { w, b, stride, pad, groups } = op
                 && *groups > 1
-                && let Some((LOp::Bn { w: bw, b: bb, bn, eps, .. }, bins)) = self.steps.get(si + 1)
+                && let Some((bn_op @ LOp::Bn { .. }, bins)) = self.steps.get(si + 1)
                 && bins[..] == [si + 1]
                 && readers[si + 1] == 1
             {
@@ -500,15 +510,15 @@ impl TorchNet {
                 let x = vals[ins[0]].as_ref().expect("a value is kept until its last reader");
                 let (padded, padding) = pad_input(x, *pad)?;
                 let x = padded.as_ref().unwrap_or(x);
-                // y * scale + shift = batch_norm(y), in f32 (the conv's bias folded in)
-                let (_, rm, rv) = &self.running[*bn];
-                let scale = p(*bw).f_to_kind(Kind::Float).ck()?.f_mul(&rv.f_to_kind(Kind::Float).ck()?.f_add_scalar(*eps).ck()?.f_rsqrt().ck()?).ck()?;
-                let mut shift = p(*bb).f_to_kind(Kind::Float).ck()?.f_sub(&rm.f_to_kind(Kind::Float).ck()?.f_mul(&scale).ck()?).ck()?;
-                if let Some(b) = b {
-                    shift = shift.f_add(&p(*b).f_to_kind(Kind::Float).ck()?.f_mul(&scale).ck()?).ck()?;
-                }
-                let (scale, shift) = (scale.f_contiguous().ck()?, shift.f_contiguous().ck()?);
-                if let Some(y) = depthwise_infer(x, p(*w), &scale, &shift, act, *stride, padding)? {
+                let computed;
+                let (scale, shift) = match cache.and_then(|c| c.dw_bn.get(&si)) {
+                    Some((a, b)) => (a, b),
+                    None => {
+                        computed = self.fold_bn(*b, bn_op, over)?;
+                        (&computed.0, &computed.1)
+                    }
+                };
+                if let Some(y) = depthwise_infer(x, p(*w), scale, shift, act, *stride, padding)? {
                     release(ins, &mut readers, &mut vals);
                     vals.push(None);
                     folded = Some((si + 1 + act.is_some() as usize, y));
@@ -573,6 +583,43 @@ impl TorchNet {
 
     /// bf16 copies of the conv and linear parameters (indexed like the parameters), which
     /// autocast would otherwise cast again at every forward pass.
+    /// An eval-mode batch norm `bn` (and the bias `conv_b` of the convolution before it)
+    /// folded to f32 `[C]` scale and shift: y * scale + shift = batch_norm(y + b).
+    fn fold_bn(&self, conv_b: Option<usize>, bn: &LOp, over: Option<&[Option<Tensor>]>) -> Result<(Tensor, Tensor), String> {
+        let LOp::Bn { w, b, bn, eps, .. } = bn else { return Err("fold_bn: not a batch norm".into()) };
+        let _g = tch::no_grad_guard();
+        let p = |i: usize| over.and_then(|o| o[i].as_ref()).unwrap_or(&self.params[i].t);
+        let f32 = |t: &Tensor| t.f_to_kind(Kind::Float).ck();
+        let (_, rm, rv) = &self.running[*bn];
+        let scale = f32(p(*w))?.f_mul(&f32(rv)?.f_add_scalar(*eps).ck()?.f_rsqrt().ck()?).ck()?;
+        let mut shift = f32(p(*b))?.f_sub(&f32(rm)?.f_mul(&scale).ck()?).ck()?;
+        if let Some(cb) = conv_b {
+            shift = shift.f_add(&f32(p(cb))?.f_mul(&scale).ck()?).ck()?;
+        }
+        Ok((scale.f_contiguous().ck()?, shift.f_contiguous().ck()?))
+    }
+
+    /// What inference can reuse until the weights or running statistics change: with
+    /// `bf16`, bf16 copies of the kernels; on a GPU with fusion on, every depthwise
+    /// convolution's following batch norm folded ([`Self::fold_bn`]), keyed by the
+    /// convolution's step.
+    fn infer_cache(&self, bf16: bool) -> Result<InferCache, String> {
+        let kernels = if bf16 { Some(self.bf16_kernels()?) } else { None };
+        let mut dw_bn = HashMap::new();
+        if self.fuse_depthwise && self.device != Device::Cpu {
+            for (si, (op, _)) in self.steps.iter().enumerate() {
+                if let LOp::Conv { b, groups, .. } = op
+                    && *groups > 1
+                    && let Some((bn @ LOp::Bn { .. }, bins)) = self.steps.get(si + 1)
+                    && bins[..] == [si + 1]
+                {
+                    dw_bn.insert(si, self.fold_bn(*b, bn, kernels.as_deref())?);
+                }
+            }
+        }
+        Ok(InferCache { kernels, dw_bn })
+    }
+
     fn bf16_kernels(&self) -> Result<Vec<Option<Tensor>>, String> {
         let _g = tch::no_grad_guard();
         let mut out: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
@@ -660,8 +707,9 @@ pub struct TorchEngine {
     /// How many of `order` are kernels.
     n_kernels: usize,
     pending: std::collections::VecDeque<Pending>,
-    /// bf16 inference: the kernels cast once, until the next step or restore changes them.
-    infer_kernels: Option<Vec<Option<Tensor>>>,
+    /// Inference's reusable tensors (bf16 kernels, folded batch norms), built at the first
+    /// inference after a step or restore changed the weights.
+    infer_cache: Option<InferCache>,
     /// Depthwise convolutions: the policy, the run's planned steps ([`Engine::plan`]), when
     /// the timing window began, and the step at which training moved to cuDNN.
     dw_policy: DepthwisePolicy,
@@ -717,7 +765,7 @@ impl TorchEngine {
             order,
             n_kernels,
             pending: Default::default(),
-            infer_kernels: None,
+            infer_cache: None,
             net,
             dw_policy,
             planned_steps: None,
@@ -744,7 +792,7 @@ impl TorchEngine {
     /// Forward, loss, backward and the optimizer step on a device batch; the loss and
     /// hits stay on the device.
     pub fn step_tensors(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<(Tensor, Tensor), String> {
-        self.infer_kernels = None;
+        self.infer_cache = None;
         self.depthwise_policy(x.size()[0])?;
         let all: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
         check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
@@ -835,20 +883,22 @@ impl TorchEngine {
         Ok(())
     }
 
-    /// Inference logits for a device batch (no gradient, running statistics). In bf16 the
-    /// kernels are cast once and reused until the weights change (autocast alone would cast
-    /// them at every call: PyTorch's cast cache lives only as long as one autocast region).
+    /// Inference logits for a device batch (no gradient, running statistics). What depends
+    /// only on the weights is made once and reused until a step or restore changes them: in
+    /// bf16 the kernels' casts (autocast alone would cast them at every call: PyTorch's cast
+    /// cache lives only as long as one autocast region), on a GPU the fused depthwise
+    /// layers' batch norms folded to scale and shift (5 small kernels per layer otherwise).
     pub fn infer(&mut self, x: &Tensor) -> Result<Tensor, String> {
         let _g = tch::no_grad_guard();
-        if self.bf16_autocast() && self.infer_kernels.is_none() {
-            self.infer_kernels = Some(self.net.bf16_kernels()?);
+        if self.infer_cache.is_none() {
+            self.infer_cache = Some(self.net.infer_cache(self.bf16_autocast())?);
         }
-        let over = self.infer_kernels.as_deref();
-        self.with_autocast(|| self.net.forward_with(x, false, over))
+        let cache = self.infer_cache.as_ref();
+        self.with_autocast(|| self.net.forward_with(x, false, cache))
     }
 
-    /// [`Self::infer`] without the bf16 kernel cache: autocast casts at every call. For
-    /// checking that the cache changes no result.
+    /// [`Self::infer`] without its cache: autocast casts and batch norms are folded at every
+    /// call. For checking that the cache changes no result.
     pub fn infer_uncached(&self, x: &Tensor) -> Result<Tensor, String> {
         let _g = tch::no_grad_guard();
         self.with_autocast(|| self.net.forward(x, false))
@@ -949,7 +999,7 @@ impl Engine for TorchEngine {
     }
 
     fn restore(&mut self, weights: &HashMap<String, WeightData>, optimizer: &HashMap<String, WeightData>, steps: u64) -> Result<(), String> {
-        self.infer_kernels = None;
+        self.infer_cache = None;
         self.net.import(weights)?;
         let _g = tch::no_grad_guard();
         for (k, &i) in self.order.iter().enumerate() {
@@ -1322,22 +1372,30 @@ mod tests {
         tch::manual_seed(3);
         let x = to_channels_last(&Tensor::randn([8, 3, 64, 64], (Kind::Float, rt.device))).unwrap();
         for bf16 in [false, true] {
-            let run = |net: &TorchNet| -> Vec<f32> {
+            let run_with = |net: &TorchNet, cache: Option<&InferCache>| -> Vec<f32> {
                 let _g = tch::no_grad_guard();
                 if bf16 {
                     check(unsafe { ffi::tf_autocast(1, 1) }).unwrap();
                 }
-                let y = net.forward_with(&x, false, None);
+                let y = net.forward_with(&x, false, cache);
                 if bf16 {
                     check(unsafe { ffi::tf_autocast(0, 1) }).unwrap();
                 }
                 to_vec(&y.unwrap()).unwrap()
             };
+            let run = |net: &TorchNet| run_with(net, None);
             net.fuse_depthwise = true;
             let before = DW_FUSED.with(|n| n.get());
             let fused = run(&net);
             // MobileNetV2's 17 depthwise convolutions, each followed by batch norm and ReLU6
             assert_eq!(DW_FUSED.with(|n| n.get()) - before, 17, "bf16={bf16}: every depthwise layer fused");
+            // The engine's inference cache (folded batch norms, bf16 kernels) changes nothing.
+            let cache = net.infer_cache(bf16).unwrap();
+            assert_eq!(cache.dw_bn.len(), 17);
+            let cached = run_with(&net, Some(&cache));
+            assert_eq!(DW_FUSED.with(|n| n.get()) - before, 34, "bf16={bf16}: fused with the cache too");
+            let r = rel(&cached, &fused);
+            assert!(r < 1e-5, "bf16={bf16}: cached folds differ from folding at the call by {r}");
             net.fuse_depthwise = false;
             let layers = run(&net);
             let r = rel(&fused, &layers);
