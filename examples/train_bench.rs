@@ -236,7 +236,7 @@ fn curve(arch: &str, size: u32, batch: usize, steps: usize, seed: u64, engines: 
             "burn" => {
                 let device = Default::default();
                 let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(w, &device).unwrap();
-                Box::new(BurnEngine::<B>::new(&g, net, &c, &device).with_workers(1))
+                Box::new(BurnEngine::<B>::new(&g, net, &c, &device).with_chunks(1))
             }
             "torch64" => Box::new(TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap().into_double().unwrap(), &c, Precision::Fp32).unwrap()),
             "torch_cpu" => Box::new(TorchEngine::new(TorchNet::new(&g, w, &|_| false, &Runtime::cpu()).unwrap(), &c, Precision::Fp32).unwrap()),

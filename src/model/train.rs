@@ -193,21 +193,41 @@ pub struct BurnEngine<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBacken
     opt: Optimizer<B::InnerBackend>,
     graph: ModelGraph,
     smoothing: f64,
-    workers: usize,
+    /// Threads that run the chunks (the cores, at most 8, or TAOFLOW_TRAIN_THREADS).
+    threads: usize,
+    /// Chunks per batch, each with its own batch-norm statistics; `None`: [`default_chunks`].
+    chunks: Option<usize>,
     device: B::Device,
+}
+
+/// Images per chunk of a CPU training batch by default. The chunking decides which images
+/// share batch-norm statistics, so it depends on the batch alone, never on the machine: the
+/// same stage (same cache key) trains the same model on 2 cores and on 64.
+pub const CHUNK_IMAGES: usize = 16;
+
+/// Chunks of a batch of `n` by default: one per [`CHUNK_IMAGES`] images, 1 to 8.
+pub fn default_chunks(n: usize) -> usize {
+    (n / CHUNK_IMAGES).clamp(1, 8)
 }
 
 impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> BurnEngine<B> {
     pub fn new(graph: &ModelGraph, net: GraphNet<B>, cfg: &TrainConfig, device: &B::Device) -> Self {
-        // Chunks per batch: the cores (at most 8), or TAOFLOW_TRAIN_THREADS.
-        let workers = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
-        BurnEngine { net: Some(net), opt: Optimizer::new(cfg.optim.clone()), graph: graph.clone(), smoothing: cfg.label_smoothing, workers, device: device.clone() }
+        // Threads: the cores (at most 8), or TAOFLOW_TRAIN_THREADS. They only run the chunks;
+        // what is computed does not depend on them.
+        let threads = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
+        BurnEngine { net: Some(net), opt: Optimizer::new(cfg.optim.clone()), graph: graph.clone(), smoothing: cfg.label_smoothing, threads, chunks: None, device: device.clone() }
     }
 
-    /// Split each batch into at most `n` chunks (1: whole-batch batch-norm statistics, as
-    /// on a GPU).
-    pub fn with_workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
+    /// Split each batch into `n` chunks instead of [`default_chunks`] (1: whole-batch
+    /// batch-norm statistics, as on a GPU).
+    pub fn with_chunks(mut self, n: usize) -> Self {
+        self.chunks = Some(n.max(1));
+        self
+    }
+
+    /// Run the chunks on `n` threads (changes the speed only).
+    pub fn with_threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
         self
     }
 
@@ -219,7 +239,8 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> BurnEngine<B> 
 impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Engine for BurnEngine<B> {
     fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
         let classes = self.graph.classes.len();
-        let (l, h, grads, stats) = step_parallel(self.net(), b, &self.graph, classes, self.smoothing, self.workers, &self.device)?;
+        let chunks = self.chunks.unwrap_or_else(|| default_chunks(b.len));
+        let (l, h, grads, stats) = step_parallel(self.net(), b, &self.graph, classes, self.smoothing, chunks, self.threads, &self.device)?;
         self.opt.begin_step();
         let opt = &mut self.opt;
         let mut net = self.net.take().expect("the network is always put back").update(&grads, &mut |name, kernel, w, g| opt.step(name, kernel, w, g, lr));
@@ -262,11 +283,12 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Engine for Bur
     }
 }
 
-/// Forward and backward of one batch, split into up to `workers` chunks that run on their
-/// own threads (NdArray runs most ops of small tensors on one core). Returns the batch's
-/// mean loss, its correct predictions and each chunk's gradients, whose sum is the
-/// gradient of the mean loss. Batch norms see per-chunk statistics, as in data-parallel
-/// training without synchronised batch norm.
+/// Forward and backward of one batch, split into `chunks` chunks (at most one per image)
+/// that `threads` threads share (NdArray runs most ops of small tensors on one core).
+/// Returns the batch's mean loss, its correct predictions and the chunks' gradients summed
+/// in chunk order (the gradient of the mean loss). Batch norms see per-chunk statistics, as
+/// in data-parallel training without synchronised batch norm; the thread count changes
+/// only the speed.
 #[allow(clippy::too_many_arguments)]
 fn step_parallel<B: AutodiffBackend + ConvBackend>(
     net: &GraphNet<B>,
@@ -274,11 +296,12 @@ fn step_parallel<B: AutodiffBackend + ConvBackend>(
     graph: &ModelGraph,
     classes: usize,
     smoothing: f64,
-    workers: usize,
+    chunks: usize,
+    threads: usize,
     device: &B::Device,
 ) -> Result<StepResult<B>, String> {
     let per = graph.input.len();
-    let k = workers.min(b.len / 8).max(1);
+    let k = chunks.min(b.len).max(1);
     let chunk = b.len.div_ceil(k);
     let s = &graph.input;
     let run = |local: GraphNet<B>, lo: usize, hi: usize| -> Result<ChunkResult<B>, String> {
@@ -300,13 +323,24 @@ fn step_parallel<B: AutodiffBackend + ConvBackend>(
     let parts: Vec<Result<ChunkResult<B>, String>> = if ranges.len() == 1 {
         vec![run(net.clone(), 0, b.len)]
     } else {
+        // Thread t runs chunks t, t + n, t + 2n, ...; the results go back in chunk order.
+        let n = threads.clamp(1, ranges.len());
+        let mut slots: Vec<Option<Result<ChunkResult<B>, String>>> = (0..ranges.len()).map(|_| None).collect();
         std::thread::scope(|sc| {
-            let hs: Vec<_> = ranges.iter().map(|&(lo, hi)| {
-                let local = net.detached();
-                sc.spawn(move || run(local, lo, hi))
-            }).collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a training thread panicked".into()))).collect()
-        })
+            let hs: Vec<_> = (0..n)
+                .map(|t| {
+                    let work: Vec<(usize, GraphNet<B>, usize, usize)> = ranges.iter().enumerate().skip(t).step_by(n).map(|(i, &(lo, hi))| (i, net.detached(), lo, hi)).collect();
+                    sc.spawn(move || work.into_iter().map(|(i, local, lo, hi)| (i, run(local, lo, hi))).collect::<Vec<_>>())
+                })
+                .collect();
+            for h in hs {
+                match h.join() {
+                    Ok(done) => done.into_iter().for_each(|(i, r)| slots[i] = Some(r)),
+                    Err(_) => slots.iter_mut().filter(|s| s.is_none()).for_each(|s| *s = Some(Err("a training thread panicked".into()))),
+                }
+            }
+        });
+        slots.into_iter().map(|s| s.unwrap_or_else(|| Err("a training chunk did not run".into()))).collect()
     };
     let (mut loss, mut hits) = (0.0, 0);
     let mut grads: HashMap<String, Tensor<B::InnerBackend, 1>> = HashMap::new();
@@ -545,6 +579,65 @@ pub fn drop_mismatched(graph: &ModelGraph, w: &mut HashMap<String, WeightData>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chunking (which images share batch-norm statistics) follows the batch, not the
+    /// machine: one training step's loss, batch-norm statistics and gradients are the same
+    /// (to f32 rounding) on 1, 2 and 3 threads, while another chunking gives others. (Whole
+    /// runs are not compared: Burn's own reductions are not bitwise reproducible, and a few
+    /// steps amplify that past any fixed tolerance.)
+    #[test]
+    fn cpu_training_does_not_depend_on_the_thread_count() {
+        type A = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+        let mut g = crate::model::testutil::graphs().remove(2); // MobileNetV2 x0.5, 32x32, 7 classes
+        // Dropout's draws come from NdArray's one generator, which concurrent chunks reach in
+        // whatever order their threads run: off here (see README, "On the CPU").
+        for l in g.layers.iter_mut() {
+            if let crate::model::graph::Op::Dropout { p } = &mut l.op {
+                *p = 0.0;
+            }
+        }
+        let w = crate::model::testutil::random_weights(&g, 3);
+        let device = Default::default();
+        let (net, _) = GraphNet::<A>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+        let mut rng = crate::data::rng::Rng::new(9);
+        let n = 48;
+        let images: Vec<f32> = (0..n * g.input.len()).map(|_| rng.f64() as f32 - 0.5).collect();
+        let labels: Vec<u32> = (0..n).map(|i| (i % 7) as u32).collect();
+        let b = Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] };
+        assert_eq!(default_chunks(n), 3);
+        assert_eq!((default_chunks(8), default_chunks(32), default_chunks(1000)), (1, 2, 8));
+        let step = |chunks: usize, threads: usize| {
+            let (loss, _, grads, stats) = step_parallel(&net, &b, &g, 7, 0.0, chunks, threads, &device).unwrap();
+            let flat = |t: &Tensor<burn::backend::NdArray<f32>, 1>| t.clone().into_data().to_vec::<f32>().unwrap();
+            let mut gs: Vec<(String, Vec<f32>)> = grads.iter().map(|(k, t)| (k.clone(), flat(t))).collect();
+            gs.sort_by(|a, b| a.0.cmp(&b.0));
+            let st: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = stats.iter().map(|s| (s.index, s.count, flat(&s.mean), flat(&s.var))).collect();
+            (loss, gs, st)
+        };
+        let rel = |a: &[f32], b: &[f32]| {
+            let m = a.iter().map(|x| x.abs()).fold(1e-6f32, f32::max);
+            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / m
+        };
+        let (l1, g1, s1) = step(3, 1);
+        for threads in [2, 3] {
+            let (l, g, s) = step(3, threads);
+            assert!((l - l1).abs() < 1e-5, "{threads} threads: loss {l} vs {l1}");
+            assert_eq!(s.len(), s1.len());
+            for (a, b) in s1.iter().zip(&s) {
+                assert_eq!((a.0, a.1), (b.0, b.1), "{threads} threads: batch norms over other images");
+                assert!(rel(&a.2, &b.2) < 1e-4 && rel(&a.3, &b.3) < 1e-4, "{threads} threads: batch-norm statistics differ");
+            }
+            // All gradients as one vector (some are rounding noise around an exact zero, such as
+            // the projection batch norms' biases, and have no relative accuracy of their own).
+            let all = |g: &[(String, Vec<f32>)]| g.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>();
+            assert_eq!(g1.iter().map(|(k, _)| k).collect::<Vec<_>>(), g.iter().map(|(k, _)| k).collect::<Vec<_>>());
+            let r = rel(&all(&g1), &all(&g));
+            assert!(r < 1e-4, "{threads} threads: gradients differ by {r} of the largest");
+        }
+        // Whole-batch statistics are another computation, which the checks above tell apart.
+        let (l, _, s) = step(1, 2);
+        assert!(s.len() * 3 == s1.len() && (l - l1).abs() > 1e-4, "one chunk: loss {l} vs {l1}");
+    }
 
     #[test]
     fn smoothing_sums_to_one() {

@@ -1132,7 +1132,7 @@ mod tests {
         let device = Default::default();
         let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
         let (net, _) = net.freeze(frozen);
-        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_workers(1);
+        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_chunks(1);
         let mut torch = TorchEngine::new(TorchNet::new(&g, &w, frozen, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
         let (mut lb, mut lt) = (Vec::new(), Vec::new());
         for i in 0..2 {
@@ -1225,7 +1225,7 @@ mod tests {
         let cfg = config(OptimKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 0.0, 0.0, 0.0);
         let device = Default::default();
         let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
-        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_workers(1);
+        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_chunks(1);
         for i in 0..2 {
             burn.step(&batch(16, &g, i), 0.01).unwrap();
         }
