@@ -202,7 +202,7 @@ pub struct BurnEngine<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBacken
 
 /// Images per chunk of a CPU training batch by default. The chunking decides which images
 /// share batch-norm statistics, so it depends on the batch alone, never on the machine: the
-/// same stage (same cache key) trains the same model on 2 cores and on 64.
+/// same stage (same cache key) computes the same training on 2 cores and on 64.
 pub const CHUNK_IMAGES: usize = 16;
 
 /// Chunks of a batch of `n` by default: one per [`CHUNK_IMAGES`] images, 1 to 8.

@@ -465,8 +465,9 @@ impl TorchNet {
         self.forward_with(x, train, None)
     }
 
-    /// [`Self::forward`] with some parameters replaced (`over[i]`, where set): the engine's
-    /// bf16 copies of the kernels for inference.
+    /// [`Self::forward`] with the engine's inference cache, if any: its bf16 copies of the
+    /// kernels replace the parameters, and its folded batch norms feed the fused depthwise
+    /// layers (folded at the call without it).
     fn forward_with(&self, x: &Tensor, train: bool, cache: Option<&InferCache>) -> Result<Tensor, String> {
         let mut vals: Vec<Option<Tensor>> = Vec::with_capacity(self.steps.len() + 1);
         vals.push(Some(x.shallow_clone()));
@@ -581,8 +582,6 @@ impl TorchNet {
         if out.kind() == Kind::Double { Ok(out) } else { out.f_to_kind(Kind::Float).ck() }
     }
 
-    /// bf16 copies of the conv and linear parameters (indexed like the parameters), which
-    /// autocast would otherwise cast again at every forward pass.
     /// An eval-mode batch norm `bn` (and the bias `conv_b` of the convolution before it)
     /// folded to f32 `[C]` scale and shift: y * scale + shift = batch_norm(y + b).
     fn fold_bn(&self, conv_b: Option<usize>, bn: &LOp, over: Option<&[Option<Tensor>]>) -> Result<(Tensor, Tensor), String> {
@@ -620,6 +619,8 @@ impl TorchNet {
         Ok(InferCache { kernels, dw_bn })
     }
 
+    /// bf16 copies of the conv and linear parameters (indexed like the parameters), which
+    /// autocast would otherwise cast again at every forward pass.
     fn bf16_kernels(&self) -> Result<Vec<Option<Tensor>>, String> {
         let _g = tch::no_grad_guard();
         let mut out: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
