@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Python packages the tests check our output with (pinned): Python's webdataset must read
-# our shards, scikit-learn checks our metrics. TAOFLOW_REQUIRE_PYTHON makes their absence a test failure, not a skip.
+# our shards, scikit-learn checks our metrics, pycocotools our detection metrics. TAOFLOW_REQUIRE_PYTHON makes their absence a test failure, not a skip.
 command -v awk >/dev/null || { apt-get update -qq && apt-get install -y -qq mawk; }
 # pipelines/fashion-mnist.toml reads Debian's Fashion-MNIST; the dry-run test of every
 # committed pipeline needs it there.
@@ -14,7 +14,8 @@ command -v awk >/dev/null || { apt-get update -qq && apt-get install -y -qq mawk
 command -v c++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
 export TAOFLOW_REQUIRE_CXX=1
 # onnxruntime runs our exported FP32 and INT8 (QDQ) models in the parity tests.
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0' 'scikit-learn==1.9.1' 'onnxruntime==1.32.0'
+# pycocotools is the reference for `eval-detections`' COCO metrics (tests/detection_eval.rs).
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0' 'scikit-learn==1.9.1' 'onnxruntime==1.32.0' 'pycocotools==2.0.10'
 export TAOFLOW_REQUIRE_PYTHON=1
 # NVIDIA's NVRTC wheel lets CI compile our CUDA kernels without a GPU or a CUDA toolkit
 # (13.0.x: PTX from a newer NVRTC may be refused by the GPU machine's 13.0 driver).

@@ -209,6 +209,41 @@ pub enum Command {
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
     },
+    /// Evaluate object detections against ground truth: COCO's twelve numbers (as
+    /// pycocotools computes them), TAO's per-class AP and mAP, a per-class table.
+    /// GT: a COCO dataset .json or a folder of KITTI label files; DETS: a COCO results
+    /// .json list or a folder of KITTI files with the score as the 16th field.
+    #[command(name = "eval-detections")]
+    EvalDetections {
+        /// Ground truth: COCO dataset JSON, or a folder of KITTI `<image>.txt` files.
+        gt: PathBuf,
+        /// Detections: COCO results JSON, or a folder of KITTI files (16th field = score).
+        dets: PathBuf,
+        /// KITTI ground truth: the classes to evaluate, in this order (default: all found).
+        #[arg(long, value_delimiter = ',')]
+        classes: Option<Vec<String>>,
+        /// TAO metric: IoU a detection needs to match, `0.5` or `car=0.7` (repeatable).
+        #[arg(long, value_name = "[CLASS=]IOU")]
+        iou: Vec<String>,
+        /// TAO metric: boxes (both sides) lower than this are left out; `20` or `car=40`.
+        #[arg(long, value_name = "[CLASS=]PIXELS")]
+        min_height: Vec<String>,
+        #[arg(long, value_name = "[CLASS=]PIXELS")]
+        max_height: Vec<String>,
+        #[arg(long, value_name = "[CLASS=]PIXELS")]
+        min_width: Vec<String>,
+        #[arg(long, value_name = "[CLASS=]PIXELS")]
+        max_width: Vec<String>,
+        /// TAO metric: `integrate` (area under the precision envelope) or `sample` (VOC 11-point).
+        #[arg(long, value_name = "MODE")]
+        ap_mode: Option<String>,
+        /// Print the whole report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also write `metrics.json` and `pr_curves.png` into this folder.
+        #[arg(short, long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {
         #[arg(required = true)]

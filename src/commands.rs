@@ -294,6 +294,18 @@ pub async fn main(cli: Cli) -> i32 {
             }
         },
         Command::Infer { model, images, top_k, json, batch_size } => infer_cmd(model, images, *top_k, *json, *batch_size),
+        Command::EvalDetections { gt, dets, classes, iou, min_height, max_height, min_width, max_width, ap_mode, json, out } => {
+            let o = crate::tasks::detection::report::EvalOptions {
+                classes: classes.clone(),
+                iou: iou.clone(),
+                min_height: min_height.clone(),
+                max_height: max_height.clone(),
+                min_width: min_width.clone(),
+                max_width: max_width.clone(),
+                ap_mode: ap_mode.clone(),
+            };
+            eval_detections_cmd(gt, dets, &o, *json, out.as_deref())
+        }
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();
@@ -803,6 +815,31 @@ fn forward_cmd(arch: &str, classes: usize, weights: &Path, input: &Path, shape: 
     }
     std::fs::write(out, buf).map_err(|e| format!("cannot write `{}`: {e}", out.display()))?;
     Ok(format!("{arch}: {} logits written in {:.2}s", v.len(), t0.elapsed().as_secs_f64()))
+}
+
+fn eval_detections_cmd(gt: &Path, dets: &Path, o: &crate::tasks::detection::report::EvalOptions, json: bool, out: Option<&Path>) -> i32 {
+    let r = match crate::tasks::detection::report::evaluate_files(gt, dets, o) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
+    } else {
+        print!("{}", r.render());
+    }
+    if let Some(dir) = out {
+        match r.write(dir) {
+            Ok(files) => files.iter().for_each(|f| eprintln!("wrote {}", f.display())),
+            Err(e) => {
+                eprint_error(&e);
+                return EXIT_STORE;
+            }
+        }
+    }
+    EXIT_OK
 }
 
 fn infer_cmd(model: &Path, images: &[std::path::PathBuf], top_k: usize, json: bool, batch: usize) -> i32 {

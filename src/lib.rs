@@ -23,5 +23,6 @@ pub mod model;
 pub mod plot;
 pub mod stages;
 pub mod store;
+pub mod tasks;
 pub mod ui;
 pub mod value;

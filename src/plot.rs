@@ -42,6 +42,21 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         'U' => [5, 5, 5, 5, 7],
         'V' => [5, 5, 5, 5, 2],
         'Y' => [5, 5, 2, 2, 2],
+        'B' => [6, 5, 6, 5, 6],
+        'D' => [6, 5, 5, 5, 6],
+        'F' => [7, 4, 6, 4, 4],
+        'G' => [7, 4, 5, 5, 7],
+        'J' => [1, 1, 1, 5, 7],
+        'K' => [5, 5, 6, 5, 5],
+        'M' => [5, 7, 7, 5, 5],
+        'Q' => [7, 5, 5, 6, 3],
+        'W' => [5, 5, 7, 7, 5],
+        'X' => [5, 5, 2, 5, 5],
+        'Z' => [7, 1, 2, 4, 7],
+        '_' => [0, 0, 0, 0, 7],
+        ':' => [0, 2, 0, 2, 0],
+        '/' => [1, 1, 2, 4, 4],
+        '=' => [0, 7, 0, 7, 0],
         _ => return None,
     })
 }
@@ -84,8 +99,23 @@ fn fmt_tick(v: f64) -> String {
     if v.abs() >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") }
 }
 
-/// One panel: a title, y ticks, and series of (epoch, value).
-fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[(Vec<(f64, f64)>, Rgb<u8>)], epochs: usize, fixed: Option<(f64, f64)>) {
+/// The x axis of a panel: its range, the labels at its ends and its name.
+struct XAxis<'a> {
+    lo: f64,
+    hi: f64,
+    lo_label: String,
+    hi_label: String,
+    name: &'a str,
+}
+
+impl XAxis<'_> {
+    fn epochs(epochs: usize) -> XAxis<'static> {
+        XAxis { lo: 1.0, hi: epochs as f64, lo_label: "1".into(), hi_label: epochs.to_string(), name: "EPOCH" }
+    }
+}
+
+/// One panel: a title, y ticks, and series of (x, value).
+fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[(Vec<(f64, f64)>, Rgb<u8>)], xa: &XAxis, fixed: Option<(f64, f64)>) {
     let (w, h) = (360i64, 300i64);
     let (left, top, pw, ph) = (x0 + 50, 30i64, w - 70, h - 70);
     text(img, x0 + 50, 8, title, 2, BLACK);
@@ -105,12 +135,11 @@ fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[(Vec<(f64, f64)>, R
     }
     line(img, (left as f64, top as f64), (left as f64, (top + ph) as f64), BLACK);
     line(img, (left as f64, (top + ph) as f64), ((left + pw) as f64, (top + ph) as f64), BLACK);
-    let ex = |e: f64| left as f64 + pw as f64 * if epochs > 1 { (e - 1.0) / (epochs as f64 - 1.0) } else { 0.5 };
+    let ex = |e: f64| left as f64 + pw as f64 * if xa.hi > xa.lo { (e - xa.lo) / (xa.hi - xa.lo) } else { 0.5 };
     let ey = |v: f64| (top + ph) as f64 - ph as f64 * ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
-    text(img, left, top + ph + 8, "1", 2, BLACK);
-    let last = epochs.to_string();
-    text(img, left + pw - 8 * last.len() as i64, top + ph + 8, &last, 2, BLACK);
-    text(img, left + pw / 2 - 20, top + ph + 24, "EPOCH", 2, BLACK);
+    text(img, left, top + ph + 8, &xa.lo_label, 2, BLACK);
+    text(img, left + pw - 8 * xa.hi_label.len() as i64, top + ph + 8, &xa.hi_label, 2, BLACK);
+    text(img, left + pw / 2 - 4 * xa.name.len() as i64, top + ph + 24, xa.name, 2, BLACK);
     for (s, c) in series {
         for win in s.windows(2) {
             line(img, (ex(win[0].0), ey(win[0].1)), (ex(win[1].0), ey(win[1].1)), *c);
@@ -134,9 +163,39 @@ pub fn training_curves(h: &[EpochRecord], path: &Path) -> Result<(), String> {
     let vl: Vec<(f64, f64)> = h.iter().filter_map(|r| r.val_loss.map(|v| (r.epoch as f64, v))).collect();
     let ta: Vec<(f64, f64)> = h.iter().map(|r| (r.epoch as f64, r.train_accuracy)).collect();
     let va: Vec<(f64, f64)> = h.iter().filter_map(|r| r.val_accuracy.map(|v| (r.epoch as f64, v))).collect();
-    panel(&mut img, 0, "LOSS", &[(tl, BLUE), (vl, ORANGE)], epochs, None);
-    panel(&mut img, 370, "ACCURACY", &[(ta, BLUE), (va, ORANGE)], epochs, Some((0.0, 1.0)));
+    panel(&mut img, 0, "LOSS", &[(tl, BLUE), (vl, ORANGE)], &XAxis::epochs(epochs), None);
+    panel(&mut img, 370, "ACCURACY", &[(ta, BLUE), (va, ORANGE)], &XAxis::epochs(epochs), Some((0.0, 1.0)));
     text(&mut img, 560, 8, "TRAIN", 2, BLUE);
     text(&mut img, 640, 8, "VAL", 2, ORANGE);
     img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Ten distinguishable colours (matplotlib's tab10), for one series per class.
+const PALETTE: [Rgb<u8>; 10] = [
+    Rgb([31, 119, 180]),
+    Rgb([255, 127, 14]),
+    Rgb([44, 160, 44]),
+    Rgb([214, 39, 40]),
+    Rgb([148, 103, 189]),
+    Rgb([140, 86, 75]),
+    Rgb([227, 119, 194]),
+    Rgb([127, 127, 127]),
+    Rgb([188, 189, 34]),
+    Rgb([23, 190, 207]),
+];
+
+/// Precision-recall curves, one per class (name with its AP in the legend), over `recall`.
+pub fn pr_curves(title: &str, recall: &[f64], curves: &[(String, f64, Vec<f64>)], path: &Path) -> Result<(), String> {
+    let rows = curves.len().max(1) as u32;
+    let mut img = RgbImage::from_pixel(740, 330.max(40 + 16 * rows), Rgb([255, 255, 255]));
+    let series: Vec<(Vec<(f64, f64)>, Rgb<u8>)> = curves.iter().enumerate().map(|(i, (_, _, p))| (recall.iter().cloned().zip(p.iter().cloned()).collect(), PALETTE[i % PALETTE.len()])).collect();
+    let xa = XAxis { lo: 0.0, hi: 1.0, lo_label: "0".into(), hi_label: "1".into(), name: "RECALL" };
+    panel(&mut img, 0, title, &series, &xa, Some((0.0, 1.0)));
+    for (i, (name, ap, _)) in curves.iter().enumerate() {
+        let label = format!("{name} {ap:.3}");
+        text(&mut img, 370, 30 + 16 * i as i64, &label, 2, PALETTE[i % PALETTE.len()]);
+    }
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -27,6 +27,47 @@ pub enum SplitSpec {
     Lists(BTreeMap<String, PathBuf>),
 }
 
+/// Tiling of large images: tiles of `size` (width, height) pixels, neighbours overlapping by
+/// `overlap`, the last row and column aligned to the image's edge; a box is kept, cut at the
+/// tile's edges, when at least `min_visible` of its area lies inside the tile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TileSpec {
+    pub size: [u32; 2],
+    pub overlap: u32,
+    pub min_visible: f32,
+    /// Keep tiles without boxes (background examples).
+    pub keep_empty: bool,
+}
+
+/// Tile origins along one axis of `len` pixels: 0, stride, 2·stride, … and the last one
+/// flush with the end (one tile of the whole length when it is not longer than a tile).
+pub fn tile_starts(len: u32, tile: u32, overlap: u32) -> Vec<u32> {
+    if len <= tile {
+        return vec![0];
+    }
+    let stride = (tile - overlap.min(tile - 1)).max(1);
+    let mut v: Vec<u32> = (0..).map(|i| i * stride).take_while(|s| s + tile < len).collect();
+    v.push(len - tile);
+    v.dedup();
+    v
+}
+
+/// A box `[x1, y1, x2, y2]` cut to the tile at (`tx`, `ty`) of `tw`×`th`, in tile
+/// coordinates, or None when less than `min_visible` of it (or nothing) is inside.
+pub fn clip_to_tile(b: [f32; 4], tx: u32, ty: u32, tw: u32, th: u32, min_visible: f32) -> Option<[f32; 4]> {
+    let (x0, y0, x1, y1) = (tx as f32, ty as f32, (tx + tw) as f32, (ty + th) as f32);
+    let c = [b[0].max(x0), b[1].max(y0), b[2].min(x1), b[3].min(y1)];
+    if c[2] <= c[0] || c[3] <= c[1] {
+        return None;
+    }
+    let area = (b[2] - b[0]) * (b[3] - b[1]);
+    let inside = (c[2] - c[0]) * (c[3] - c[1]);
+    if area <= 0.0 || inside / area < min_visible {
+        return None;
+    }
+    Some([c[0] - x0, c[1] - y0, c[2] - x0, c[3] - y0])
+}
+
 #[derive(Debug, Clone)]
 pub struct ConvertSpec {
     pub format: Format,
@@ -44,6 +85,8 @@ pub struct ConvertSpec {
     pub on_bad: OnBad,
     pub shard_max_bytes: u64,
     pub shard_max_samples: usize,
+    /// Cut each image (and its boxes) into fixed-size tiles (detection formats).
+    pub tile: Option<TileSpec>,
     pub seed: u64,
     /// Set to stop early (Ctrl-C): `convert` returns `DataError::Invalid("interrupted")`.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -244,19 +287,21 @@ pub fn convert(spec: &ConvertSpec, out: &Path) -> Result<ConvertReport, DataErro
             if spec.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
                 return Err(DataError::Invalid("interrupted".into()));
             }
-            let results: Vec<Result<Option<Processed>, Bad>> = chunk.par_iter().map(|&i| process(&collected.items[i], spec, &classes)).collect();
+            let results: Vec<Result<Option<Vec<Processed>>, Bad>> = chunk.par_iter().map(|&i| process(&collected.items[i], spec, &classes)).collect();
             for r in results {
                 match r {
-                    Ok(Some(p)) => {
-                        writer.write(&RawSample { key: p.key.clone(), members: p.members })?;
-                        info.count += 1;
-                        for c in p.classes {
-                            *info.per_class.entry(c).or_default() += 1;
+                    Ok(Some(ps)) => {
+                        for p in ps {
+                            writer.write(&RawSample { key: p.key.clone(), members: p.members })?;
+                            info.count += 1;
+                            for c in p.classes {
+                                *info.per_class.entry(c).or_default() += 1;
+                            }
+                            for c in p.boxes {
+                                *info.boxes_per_class.entry(c).or_default() += 1;
+                            }
+                            stats.add(p.width, p.height, p.channels, p.encoding);
                         }
-                        for c in p.boxes {
-                            *info.boxes_per_class.entry(c).or_default() += 1;
-                        }
-                        stats.add(p.width, p.height, p.channels, p.encoding);
                     }
                     Ok(None) => filtered += 1,
                     Err(b) => {
@@ -402,8 +447,9 @@ fn bad(it: &Item, message: impl Into<String>) -> Bad {
     Bad { origin: it.origin.clone(), message: message.into() }
 }
 
-/// Read, decode, validate and encode one sample. `Ok(None)`: filtered out by size.
-fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Processed>, Bad> {
+/// Read, decode, validate and encode one sample (several with tiling). `Ok(None)`:
+/// filtered out by size.
+fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Vec<Processed>>, Bad> {
     let (img, bytes, encoding): (DynamicImage, Option<Vec<u8>>, &'static str) = match &it.image {
         ImageSource::File(p) => {
             let bytes = std::fs::read(p).map_err(|e| bad(it, format!("cannot read image: {e}")))?;
@@ -466,6 +512,9 @@ fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Pr
                 }
                 boxes.push(bl);
             }
+            if let Some(t) = &spec.tile {
+                return Ok(Some(tiles(it, &img, &boxes, t)?));
+            }
             let t = DetectionTarget { width: w, height: h, boxes };
             members.push(("json".into(), serde_json::to_vec(&t).expect("target serialises")));
         }
@@ -494,7 +543,40 @@ fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Pr
             members.push(("mask.png".into(), image_io::encode_png(&DynamicImage::ImageLuma8(g)).map_err(|m| bad(it, m))?));
         }
     }
-    Ok(Some(Processed { key: it.key.clone(), members, width: w, height: h, channels: image_io::channels(&img), encoding, classes: present, boxes: boxes_out }))
+    Ok(Some(vec![Processed { key: it.key.clone(), members, width: w, height: h, channels: image_io::channels(&img), encoding, classes: present, boxes: boxes_out }]))
+}
+
+/// The tiles of one image with their boxes, each a sample of its own (`<key>_x<X>_y<Y>`).
+fn tiles(it: &Item, img: &DynamicImage, boxes: &[crate::data::BoxLabel], t: &TileSpec) -> Result<Vec<Processed>, Bad> {
+    let (w, h) = (img.width(), img.height());
+    let mut out = Vec::new();
+    for ty in tile_starts(h, t.size[1], t.overlap) {
+        for tx in tile_starts(w, t.size[0], t.overlap) {
+            let (tw, th) = (t.size[0].min(w), t.size[1].min(h));
+            let mut kept = Vec::new();
+            for b in boxes {
+                if let Some(c) = clip_to_tile(b.bbox, tx, ty, tw, th, t.min_visible) {
+                    kept.push(crate::data::BoxLabel { class: b.class.clone(), class_id: b.class_id, bbox: c });
+                }
+            }
+            if kept.is_empty() && !t.keep_empty {
+                continue;
+            }
+            let crop = img.crop_imm(tx, ty, tw, th);
+            let png = image_io::encode_png(&crop).map_err(|m| bad(it, m))?;
+            let mut present: Vec<String> = Vec::new();
+            for b in &kept {
+                if !present.contains(&b.class) {
+                    present.push(b.class.clone());
+                }
+            }
+            let names: Vec<String> = kept.iter().map(|b| b.class.clone()).collect();
+            let target = DetectionTarget { width: tw, height: th, boxes: kept };
+            let members = vec![("png".to_string(), png), ("json".to_string(), serde_json::to_vec(&target).expect("target serialises"))];
+            out.push(Processed { key: format!("{}_x{tx}_y{ty}", it.key), members, width: tw, height: th, channels: image_io::channels(&crop), encoding: "png", classes: present, boxes: names });
+        }
+    }
+    Ok(out)
 }
 
 fn unknown_class(it: &Item, name: &str, classes: &Classes) -> Bad {
@@ -530,5 +612,35 @@ impl StatsAcc {
         let n = self.n.max(1) as f64;
         let mmm = |(a, b, s): (u32, u32, u64)| MinMaxMean { min: a, max: b, mean: ((s as f64 / n) * 100.0).round() / 100.0 };
         ImageStats { width: mmm(self.w), height: mmm(self.h), channels: self.channels, encodings: self.encodings }
+    }
+}
+
+#[cfg(test)]
+mod tiling_tests {
+    use super::*;
+
+    #[test]
+    fn tile_origins_cover_the_image_and_end_at_its_edge() {
+        assert_eq!(tile_starts(1000, 416, 0), vec![0, 416, 584]);
+        assert_eq!(tile_starts(1000, 416, 100), vec![0, 316, 584]);
+        assert_eq!(tile_starts(832, 416, 0), vec![0, 416]);
+        assert_eq!(tile_starts(400, 416, 0), vec![0]);
+        assert_eq!(tile_starts(417, 416, 0), vec![0, 1]);
+        // an overlap as large as the tile still advances
+        assert_eq!(tile_starts(10, 4, 9), vec![0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn boxes_are_cut_at_tile_edges_and_kept_when_enough_is_inside() {
+        // 40 px wide, 30 inside the tile [0, 100): 75 % visible
+        let b = [70.0, 10.0, 110.0, 20.0];
+        assert_eq!(clip_to_tile(b, 0, 0, 100, 100, 0.5), Some([70.0, 10.0, 100.0, 20.0]));
+        assert_eq!(clip_to_tile(b, 0, 0, 100, 100, 0.8), None);
+        // in the next tile, 10 of 40 px: 25 %
+        assert_eq!(clip_to_tile(b, 100, 0, 100, 100, 0.25), Some([0.0, 10.0, 10.0, 20.0]));
+        assert_eq!(clip_to_tile(b, 100, 0, 100, 100, 0.3), None);
+        // entirely outside, or touching only an edge
+        assert_eq!(clip_to_tile(b, 0, 100, 100, 100, 0.0), None);
+        assert_eq!(clip_to_tile([100.0, 0.0, 120.0, 10.0], 0, 0, 100, 100, 0.0), None);
     }
 }

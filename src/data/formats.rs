@@ -17,10 +17,12 @@ pub enum Format {
     Kitti,
     Segmentation,
     Coco,
+    Voc,
+    Csv,
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["image_folder", "idx", "kitti", "segmentation", "coco"];
+    pub const NAMES: &'static [&'static str] = &["image_folder", "idx", "kitti", "segmentation", "coco", "voc", "csv"];
 
     pub fn parse(s: &str) -> Option<Format> {
         Some(match s {
@@ -29,6 +31,8 @@ impl Format {
             "kitti" => Format::Kitti,
             "segmentation" => Format::Segmentation,
             "coco" => Format::Coco,
+            "voc" => Format::Voc,
+            "csv" => Format::Csv,
             _ => return None,
         })
     }
@@ -40,13 +44,15 @@ impl Format {
             Format::Kitti => "kitti",
             Format::Segmentation => "segmentation",
             Format::Coco => "coco",
+            Format::Voc => "voc",
+            Format::Csv => "csv",
         }
     }
 
     pub fn task(&self) -> &'static str {
         match self {
             Format::ImageFolder | Format::Idx => "classification",
-            Format::Kitti | Format::Coco => "detection",
+            Format::Kitti | Format::Coco | Format::Voc | Format::Csv => "detection",
             Format::Segmentation => "segmentation",
         }
     }
@@ -166,6 +172,8 @@ pub fn collect(format: Format, source: &Path, o: &SourceOptions) -> Result<Colle
         Format::Kitti => kitti(source, o),
         Format::Segmentation => segmentation(source, o),
         Format::Coco => coco(source, o),
+        Format::Voc => voc(source, o),
+        Format::Csv => csv_boxes(source, o),
     }
 }
 
@@ -496,6 +504,161 @@ fn coco(source: &Path, o: &SourceOptions) -> Result<Collected, DataError> {
     let mut order: Vec<(u64, String)> = cats.into_iter().collect();
     order.sort();
     c.source_classes = Some(order.into_iter().map(|(_, n)| n).collect());
+    Ok(c)
+}
+
+/// Pascal VOC: one XML per image (`<filename>`, `<object><name>`, `<bndbox>` with
+/// `xmin ymin xmax ymax`), in `Annotations/` (or `labels_dir`, or the source folder itself),
+/// images in `JPEGImages/` (or `images_dir`, or beside the XML files).
+fn voc(source: &Path, o: &SourceOptions) -> Result<Collected, DataError> {
+    let pick = |opt: &Option<String>, conventional: &str, fallback: &Path| match opt {
+        Some(d) => source.join(d),
+        None if source.join(conventional).is_dir() => source.join(conventional),
+        None => fallback.to_path_buf(),
+    };
+    let labels = pick(&o.labels_dir, "Annotations", source);
+    let images = pick(&o.images_dir, "JPEGImages", &labels);
+    let hint = "a VOC dataset has `Annotations/` (one .xml per image) and `JPEGImages/`, or the .xml files beside the images; set `labels_dir`/`images_dir` if yours differ";
+    need_dir(&labels, "VOC annotation folder", hint)?;
+    need_dir(&images, "VOC image folder", hint)?;
+    let mut c = Collected::default();
+    for f in sorted_files(&labels)? {
+        if !f.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")) {
+            continue;
+        }
+        match voc_file(&f, &images) {
+            Ok(it) => c.items.push(it),
+            Err(b) => c.bad.push(b),
+        }
+    }
+    if c.items.is_empty() && c.bad.is_empty() {
+        return Err(DataError::Invalid(format!("no .xml annotation files in `{}`\n  = hint: {hint}", labels.display())));
+    }
+    Ok(c)
+}
+
+fn voc_file(f: &Path, images: &Path) -> Result<Item, Bad> {
+    let file = f.display().to_string();
+    let text = std::fs::read_to_string(f).map_err(|e| Bad { origin: file.clone(), message: format!("cannot read: {e}") })?;
+    let doc = roxmltree::Document::parse(&text).map_err(|e| Bad { origin: format!("{file}:{}", e.pos().row), message: format!("not valid XML: {e}") })?;
+    let at = |n: roxmltree::Node| format!("{file}:{}", doc.text_pos_at(n.range().start).row);
+    let root = doc.root_element();
+    if root.tag_name().name() != "annotation" {
+        return Err(Bad { origin: at(root), message: format!("a VOC file's root element is <annotation>, not <{}>", root.tag_name().name()) });
+    }
+    fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
+        n.children().find(|c| c.is_element() && c.tag_name().name() == tag)
+    }
+    let name_node = child(root, "filename").ok_or_else(|| Bad { origin: at(root), message: "no <filename>: VOC names its image there".into() })?;
+    let name = name_node.text().unwrap_or("").trim().to_string();
+    if name.is_empty() {
+        return Err(Bad { origin: at(name_node), message: "<filename> is empty".into() });
+    }
+    let image = images.join(&name);
+    if !image.is_file() {
+        return Err(Bad { origin: at(name_node), message: format!("the image `{}` named by <filename> does not exist", image.display()) });
+    }
+    let mut boxes = Vec::new();
+    for obj in root.children().filter(|c| c.is_element() && c.tag_name().name() == "object") {
+        let origin = at(obj);
+        let class = child(obj, "name").and_then(|n| n.text()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let class = class.ok_or_else(|| Bad { origin: origin.clone(), message: "<object> without a <name> (its class)".into() })?;
+        let bb = child(obj, "bndbox").ok_or_else(|| Bad { origin: origin.clone(), message: "<object> without a <bndbox>".into() })?;
+        let mut b = [0f32; 4];
+        for (i, tag) in ["xmin", "ymin", "xmax", "ymax"].iter().enumerate() {
+            let n = child(bb, tag).ok_or_else(|| Bad { origin: at(bb), message: format!("<bndbox> without <{tag}>") })?;
+            let t = n.text().unwrap_or("").trim();
+            b[i] = t.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| Bad { origin: at(n), message: format!("<{tag}> `{t}` is not a number") })?;
+        }
+        boxes.push((class, b, origin));
+    }
+    let rel = image.strip_prefix(images).unwrap_or(&image).to_path_buf();
+    Ok(Item { key: key_of(&rel), image: ImageSource::File(image.clone()), label: ItemLabel::Boxes(boxes), origin: file, split: None })
+}
+
+/// One CSV of boxes, a row per box: `image_path,xmin,ymin,xmax,ymax,label` (DeepForest's
+/// and many labelling tools' layout; columns found by header name, others ignored). A row
+/// whose coordinates are empty or all 0 lists an image without boxes (DeepForest's way).
+/// `annotations` names the file (default `annotations.csv`); image paths are relative to
+/// `images_dir` (default: the CSV's folder).
+fn csv_boxes(source: &Path, o: &SourceOptions) -> Result<Collected, DataError> {
+    let path = source.join(o.coco_annotations.as_deref().unwrap_or("annotations.csv"));
+    let file = path.display().to_string();
+    let mut rd = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(&path).map_err(|e| {
+        DataError::Invalid(format!("cannot read the box CSV `{file}`: {e}\n  = hint: set `annotations` to the CSV (image_path,xmin,ymin,xmax,ymax,label), relative to `source`"))
+    })?;
+    let header = rd.headers().map_err(|e| DataError::Invalid(format!("{file}:1: cannot read the header: {e}")))?.clone();
+    let col = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let need = ["image_path", "xmin", "ymin", "xmax", "ymax", "label"];
+    let missing: Vec<&str> = need.iter().copied().filter(|n| col(n).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(DataError::Invalid(format!(
+            "{file}:1: the header lacks {} (found: {})\n  = hint: the header is `image_path,xmin,ymin,xmax,ymax,label`",
+            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+            header.iter().collect::<Vec<_>>().join(",")
+        )));
+    }
+    let idx: Vec<usize> = need.iter().map(|n| col(n).unwrap()).collect();
+    let images_dir = match &o.images_dir {
+        Some(d) => source.join(d),
+        None => path.parent().unwrap_or(source).to_path_buf(),
+    };
+    let mut by_image: BTreeMap<String, (Vec<(String, [f32; 4], String)>, String)> = BTreeMap::new();
+    let mut c = Collected::default();
+    for rec in rd.records() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                c.bad.push(Bad { origin: format!("{file}:{line}"), message: format!("unreadable row: {e}") });
+                continue;
+            }
+        };
+        let origin = format!("{file}:{}", rec.position().map_or(0, |p| p.line()));
+        let field = |i: usize| rec.get(idx[i]).unwrap_or("");
+        let image = field(0).to_string();
+        if image.is_empty() {
+            c.bad.push(Bad { origin, message: "empty `image_path`".into() });
+            continue;
+        }
+        let entry = by_image.entry(image).or_insert_with(|| (Vec::new(), origin.clone()));
+        let raw: Vec<&str> = (1..5).map(field).collect();
+        if raw.iter().all(|v| v.is_empty()) {
+            continue;
+        }
+        let mut b = [0f32; 4];
+        let mut ok = true;
+        for (i, v) in raw.iter().enumerate() {
+            match v.parse::<f32>() {
+                Ok(x) if x.is_finite() => b[i] = x,
+                _ => {
+                    c.bad.push(Bad { origin: origin.clone(), message: format!("`{}` = `{v}` is not a number", need[i + 1]) });
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok || b == [0.0; 4] {
+            continue;
+        }
+        let label = field(5);
+        if label.is_empty() {
+            c.bad.push(Bad { origin, message: "empty `label`".into() });
+            continue;
+        }
+        entry.0.push((label.to_string(), b, origin));
+    }
+    for (image, (boxes, origin)) in by_image {
+        let p = images_dir.join(&image);
+        if !p.is_file() {
+            c.bad.push(Bad { origin, message: format!("the image `{}` does not exist", p.display()) });
+            continue;
+        }
+        c.items.push(Item { key: key_of(Path::new(&image)), image: ImageSource::File(p.clone()), label: ItemLabel::Boxes(boxes), origin: p.display().to_string(), split: None });
+    }
+    if c.items.is_empty() && c.bad.is_empty() {
+        return Err(DataError::Invalid(format!("`{file}` lists no images")));
+    }
     Ok(c)
 }
 

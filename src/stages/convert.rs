@@ -3,7 +3,7 @@
 //! ```toml
 //! [stages.convert]
 //! kind = "convert"
-//! format = "image_folder"          # idx | kitti | segmentation | coco
+//! format = "image_folder"          # idx | kitti | segmentation | coco | voc | csv
 //! source = "data/flowers"          # a folder (hashed as the stage's input)
 //! class_map = { Daisy = "daisy" }  # source -> target, case-insensitive
 //! val_fraction = 0.2               # stratified per class, seeded by the pipeline seed
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Fields;
-use crate::data::convert::{convert, ConvertSpec, OnBad, SplitSpec};
+use crate::data::convert::{convert, ConvertSpec, OnBad, SplitSpec, TileSpec};
 use crate::data::formats::{Format, SourceOptions};
 use crate::diag::{did_you_mean, Diag};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
@@ -54,7 +54,54 @@ const KEYS: &[&str] = &[
     "images_dir",
     "labels_dir",
     "masks_dir",
+    "tile",
 ];
+
+const TILE_KEYS: &[&str] = &["size", "overlap", "min_visible", "keep_empty"];
+
+/// `tile = { size = 416 | [w, h], overlap = 0, min_visible = 0.5, keep_empty = true }`.
+fn parse_tile(f: &mut Fields<'_>, stage: &str) -> Option<TileSpec> {
+    let t = f.table("tile")?;
+    let ctx = format!("`tile` of stage `{stage}`");
+    let mut tf = Fields::new(t, &ctx, &mut *f.diags);
+    let size = match tf.get("size") {
+        None => {
+            tf.missing("size", "size = 416 (or [width, height])");
+            None
+        }
+        Some(n) => {
+            let as_px = |n: &crate::value::Node| match &n.v {
+                V::Int(i) if *i >= 16 && *i <= 1 << 16 => Some(*i as u32),
+                _ => None,
+            };
+            let v = match &n.v {
+                V::Array(a) if a.len() == 2 => as_px(&a[0]).zip(as_px(&a[1])).map(|(w, h)| [w, h]),
+                _ => as_px(n).map(|p| [p, p]),
+            };
+            if v.is_none() {
+                tf.diags.push(Diag::error(format!("`size` in {ctx} must be a whole number of pixels (16 to 65536) or [width, height]")).at(&n.span, "not a tile size").hint("size = 416"));
+            }
+            v
+        }
+    };
+    let overlap = tf.uint("overlap").map_or(0, |(v, _)| v as u32);
+    let min_visible = match tf.float("min_visible") {
+        Some((v, n)) if !(v > 0.0 && v <= 1.0) => {
+            tf.diags.push(Diag::error(format!("`min_visible` in {ctx} is the share of a box that must lie inside a tile, in (0, 1]; not {v}")).at(&n.span, "out of range"));
+            0.5
+        }
+        Some((v, _)) => v as f32,
+        None => 0.5,
+    };
+    let keep_empty = tf.bool("keep_empty").map_or(true, |(b, _)| b);
+    if let (Some(sz), Some(n)) = (size, t.get("overlap"))
+        && overlap >= sz[0].min(sz[1])
+    {
+        tf.diags.push(Diag::error(format!("`overlap` ({overlap}) in {ctx} must be smaller than the tile")).at(&n.span, "too large"));
+    }
+    tf.finish(TILE_KEYS);
+    size.map(|size| TileSpec { size, overlap, min_visible, keep_empty })
+}
 
 
 impl StageKind for Convert {
@@ -158,6 +205,12 @@ impl StageKind for Convert {
         };
         let shard_max_mb = f.positive_uint("shard_max_mb", 256);
         let shard_max_samples = f.positive_uint("shard_max_samples", 10_000) as usize;
+        let tile = parse_tile(f, stage);
+        if let (Some(fm), Some(k)) = (format, f.table.get_key("tile"))
+            && fm.task() != "detection"
+        {
+            f.diags.push(Diag::error(format!("`tile` does not apply to format `{}`", fm.name())).at(&k.span, "detection formats only").hint("tiling cuts images and their boxes: kitti, coco, voc, csv"));
+        }
         let opt = |f: &mut Fields<'_>, key: &str| f.str(key).map(|(s, _)| s);
         let options = SourceOptions {
             idx_images: opt(f, "images"),
@@ -175,9 +228,9 @@ impl StageKind for Convert {
                 ("labels", &[Format::Idx]),
                 ("val_images", &[Format::Idx]),
                 ("val_labels", &[Format::Idx]),
-                ("annotations", &[Format::Coco]),
-                ("images_dir", &[Format::Kitti, Format::Segmentation, Format::Coco]),
-                ("labels_dir", &[Format::Kitti]),
+                ("annotations", &[Format::Coco, Format::Csv]),
+                ("images_dir", &[Format::Kitti, Format::Segmentation, Format::Coco, Format::Voc, Format::Csv]),
+                ("labels_dir", &[Format::Kitti, Format::Voc]),
                 ("masks_dir", &[Format::Segmentation]),
             ];
             for (key, fmts) in only {
@@ -225,6 +278,14 @@ impl StageKind for Convert {
                 params.insert(k.into(), s(v));
             }
         }
+        if let Some(t) = &tile {
+            let mut m = BTreeMap::new();
+            m.insert("size".to_string(), PVal::Array(vec![PVal::Int(t.size[0] as i64), PVal::Int(t.size[1] as i64)]));
+            m.insert("overlap".to_string(), PVal::Int(t.overlap as i64));
+            m.insert("min_visible".to_string(), PVal::Float(Float(t.min_visible as f64)));
+            m.insert("keep_empty".to_string(), PVal::Bool(t.keep_empty));
+            params.insert("tile".into(), PVal::Table(m));
+        }
         let split = if lists.is_empty() {
             SplitSpec::Fraction { val, test }
         } else {
@@ -243,6 +304,7 @@ impl StageKind for Convert {
             on_bad,
             shard_max_bytes: shard_max_mb << 20,
             shard_max_samples,
+            tile,
             seed: 0,
             cancel: None,
         };
