@@ -152,7 +152,7 @@ impl DetectionReport {
         crate::store::write_atomic(&mj, &json).map_err(|e| format!("cannot write `{}`: {e}", mj.display()))?;
         let png = dir.join("pr_curves.png");
         let c = self.coco_report.as_ref().expect("evaluated");
-        let curves: Vec<(String, f64, Vec<f64>)> = c.per_class.iter().filter(|k| !k.pr50.is_empty()).map(|k| (k.class.clone(), k.ap50, k.pr50.clone())).collect();
+        let curves: Vec<(String, f64, Vec<f64>)> = c.per_class.iter().filter(|k| !k.pr50.is_empty()).map(|k| (format!("{} AP50", k.class), k.ap50, k.pr50.clone())).collect();
         crate::plot::pr_curves("PRECISION AT IOU 0.5", &c.recall_points, &curves, &png)?;
         Ok(vec![mj, png])
     }
