@@ -40,7 +40,7 @@ fn make(dir: &Path, n: usize, make_one: impl Fn(usize) -> (&'static str, Vec<u8>
 
 fn measure(name: &str, dir: &Path, spec: &InputSpec, batch: usize) {
     let ds = Dataset::open(dir).unwrap();
-    let opts = LoaderOptions { batch_size: batch, shuffle: true, seed: 1, epoch: 0, shuffle_buffer: 1024, prefetch: 4, drop_last: false, augment: None };
+    let opts = LoaderOptions { batch_size: batch, shuffle: true, seed: 1, epoch: 0, shuffle_buffer: 1024, prefetch: 4, drop_last: false, augment: None, ..Default::default() };
     // Warm the page cache once, then time one full epoch (best of 3).
     let mut best = f64::MAX;
     let mut n = 0;

@@ -164,7 +164,7 @@ fn learnable_batch(g: &ModelGraph, n: usize, seed: u64, step: u64) -> Batch {
             }
         }
     }
-    Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] }
+    Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], boxes: vec![Vec::new(); n], masks: vec![None; n] }
 }
 
 /// Held-out batches after a `curve` run: 16 x BATCH images, their step indices far past any run's.

@@ -225,6 +225,9 @@ fn coco_boxes() {
     let t = b[0].targets[0].as_ref().unwrap();
     assert_eq!((t.width, t.height), (50, 40));
     assert!(t.boxes.iter().any(|x| x.bbox == [10.0, 12.0, 40.0, 32.0]), "COCO xywh -> x1y1x2y2: {:?}", t.boxes);
+    // the same boxes in the model input's pixels (50×40 stored, 25×20 input: halved)
+    assert!(b[0].boxes[0].iter().any(|x| x.bbox == [5.0, 6.0, 20.0, 16.0]), "{:?}", b[0].boxes[0]);
+    assert_eq!(b[0].boxes.len(), 6);
 }
 
 #[test]
@@ -250,7 +253,7 @@ fn loader_streams_every_sample_once_shuffled_deterministically() {
     run_ok(&p);
     let ds = Dataset::open(&p.path("outputs/t/convert/dataset")).unwrap();
     let spec = InputSpec { width: 16, height: 16, channels: 3, mean: vec![0.5; 3], std: vec![0.25; 3] };
-    let opts = LoaderOptions { batch_size: 32, shuffle: true, seed: 1, epoch: 0, shuffle_buffer: 64, prefetch: 2, drop_last: false, augment: None };
+    let opts = LoaderOptions { batch_size: 32, shuffle: true, seed: 1, epoch: 0, shuffle_buffer: 64, prefetch: 2, drop_last: false, augment: None, ..Default::default() };
     let keys = |o: &LoaderOptions| -> Vec<String> {
         let mut v = Vec::new();
         for b in ds.stream("train", &spec, o).unwrap() {

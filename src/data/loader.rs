@@ -37,6 +37,13 @@ pub struct LoaderOptions {
     pub drop_last: bool,
     /// Online augmentation for training (classification): random flips and shifted crops.
     pub augment: Option<OnlineAugment>,
+    /// Online augmentation for detection training: the `augment` stage's spatial and colour
+    /// augmentation (its `output` size is ignored: the input size is used), drawn per seed,
+    /// epoch and sample, applied to the resized image; [`Batch::boxes`] follow it.
+    pub box_augment: Option<crate::data::augment::AugmentSpec>,
+    /// Boxes narrower or lower than this (input pixels) after resizing and augmentation are
+    /// dropped from [`Batch::boxes`] (TAO's `min_bbox_width`/`min_bbox_height`).
+    pub min_box_size: f64,
 }
 
 /// Training-time augmentation applied to the resized pixels, drawn per sample from the
@@ -50,7 +57,7 @@ pub struct OnlineAugment {
 
 impl Default for LoaderOptions {
     fn default() -> Self {
-        LoaderOptions { batch_size: 32, shuffle: true, seed: 0, epoch: 0, shuffle_buffer: 2048, prefetch: 4, drop_last: false, augment: None }
+        LoaderOptions { batch_size: 32, shuffle: true, seed: 0, epoch: 0, shuffle_buffer: 2048, prefetch: 4, drop_last: false, augment: None, box_augment: None, min_box_size: 1.0 }
     }
 }
 
@@ -88,8 +95,11 @@ pub struct Batch {
     /// Class index (classification); 0 otherwise.
     pub labels: Vec<u32>,
     pub keys: Vec<String>,
-    /// Boxes in the original image's pixels (detection).
+    /// Boxes in the original image's pixels (detection), as stored.
     pub targets: Vec<Option<DetectionTarget>>,
+    /// Boxes in the model input's pixels, after the resize and any online augmentation,
+    /// small ones dropped: what training targets are made from (detection; empty otherwise).
+    pub boxes: Vec<Vec<crate::data::BoxLabel>>,
     /// Class-index masks resized (nearest) to the input size (segmentation).
     pub masks: Vec<Option<Vec<u8>>>,
 }
@@ -233,6 +243,8 @@ struct Decoded {
     pixels: Vec<u8>,
     label: u32,
     target: Option<DetectionTarget>,
+    /// Input-space boxes, filled by [`augmented`].
+    boxes: Vec<crate::data::BoxLabel>,
     mask: Option<Vec<u8>>,
 }
 
@@ -266,7 +278,7 @@ fn decode_one(s: &RawSample, spec: &InputSpec) -> Result<Decoded, DataError> {
         }
         None => None,
     };
-    Ok(Decoded { pixels, label, target, mask })
+    Ok(Decoded { pixels, label, target, boxes: Vec::new(), mask })
 }
 
 fn assemble(items: Vec<(String, Decoded)>, spec: &InputSpec) -> Batch {
@@ -274,10 +286,11 @@ fn assemble(items: Vec<(String, Decoded)>, spec: &InputSpec) -> Batch {
     let per = spec.len();
     let mut images = vec![0f32; n * per];
     images.par_chunks_mut(per).zip(items.par_iter()).for_each(|(dst, (_, d))| image_io::normalize_into(&d.pixels, spec, dst));
-    let mut b = Batch { len: n, images, labels: Vec::with_capacity(n), keys: Vec::with_capacity(n), targets: Vec::with_capacity(n), masks: Vec::with_capacity(n) };
+    let mut b = Batch { len: n, images, labels: Vec::with_capacity(n), keys: Vec::with_capacity(n), targets: Vec::with_capacity(n), boxes: Vec::with_capacity(n), masks: Vec::with_capacity(n) };
     for (k, d) in items {
         b.keys.push(k);
         b.labels.push(d.label);
+        b.boxes.push(d.boxes);
         b.targets.push(d.target);
         b.masks.push(d.mask);
     }
@@ -288,7 +301,42 @@ fn augmented(mut d: Decoded, key: &str, spec: &InputSpec, opts: &LoaderOptions) 
     if let Some(a) = &opts.augment {
         d.pixels = apply_online(&d.pixels, spec, a, opts.seed, opts.epoch, key);
     }
+    if let Some(t) = &d.target {
+        let (pixels, boxes) = detection_view(&d.pixels, t, spec, opts, key);
+        if let Some(p) = pixels {
+            d.pixels = p;
+        }
+        d.boxes = boxes;
+    }
     d
+}
+
+/// A detection sample as the model sees it: the boxes scaled from the stored image to the
+/// input size and, with [`LoaderOptions::box_augment`], the resized pixels warped and
+/// recoloured with the draw for (seed, epoch, key), the boxes through the same matrix
+/// (enclosing box of the corners, clipped); boxes under `min_box_size` dropped.
+pub fn detection_view(px: &[u8], t: &DetectionTarget, spec: &InputSpec, opts: &LoaderOptions, key: &str) -> (Option<Vec<u8>>, Vec<crate::data::BoxLabel>) {
+    use crate::data::augment::{forward_matrix, transform_box, warp_color, Draw};
+    let out = (spec.width, spec.height);
+    let draw = opts.box_augment.as_ref().map(|a| a.draw(opts.seed ^ opts.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15), &format!("online-boxes/{key}"), 0));
+    let identity = Draw { rotation: 0.0, shear_x: 0.0, shear_y: 0.0, translate_x: 0.0, translate_y: 0.0, flip_h: false, flip_v: false, zoom: 1.0, hue: 0.0, saturation: 1.0, contrast: 1.0, contrast_center: 127.5, brightness: 0.0, blur_std: 0.0, blur_size: 1 };
+    // stored image -> input (a scale), then the augmentation's own warp of the input
+    let scale = forward_matrix(&identity, (t.width.max(1), t.height.max(1)), out);
+    let m = match &draw {
+        Some(d) => scale.then(&forward_matrix(d, out, out)),
+        None => scale,
+    };
+    let boxes = t.boxes.iter().filter_map(|b| transform_box(b, &m, out, opts.min_box_size)).collect();
+    let pixels = draw.map(|d| {
+        let rgb = if spec.channels == 3 {
+            image::RgbImage::from_raw(spec.width, spec.height, px.to_vec()).expect("input-sized pixels")
+        } else {
+            image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(spec.width, spec.height, px.to_vec()).expect("input-sized pixels")).to_rgb8()
+        };
+        let w = warp_color(&rgb, &d, out);
+        if spec.channels == 3 { w.into_raw() } else { image::DynamicImage::ImageRgb8(w).to_luma8().into_raw() }
+    });
+    (pixels, boxes)
 }
 
 fn decode_batch(samples: Vec<RawSample>, spec: &InputSpec, opts: &LoaderOptions) -> Result<Batch, DataError> {
@@ -364,5 +412,57 @@ mod tests {
         let shifted = apply_online(&px, &spec, &OnlineAugment { hflip: false, crop_padding: 1 }, 3, 0, "z");
         assert_eq!(shifted.len(), 8);
         assert!(shifted.iter().all(|v| *v == 0 || px.contains(v)));
+    }
+
+    fn target() -> DetectionTarget {
+        let b = |x1: f32, y1: f32, x2: f32, y2: f32| crate::data::BoxLabel { class: "car".into(), class_id: 0, bbox: [x1, y1, x2, y2] };
+        // stored at 80×40; the model sees 40×20
+        DetectionTarget { width: 80, height: 40, boxes: vec![b(8.0, 4.0, 40.0, 24.0), b(70.0, 30.0, 71.0, 31.0)] }
+    }
+
+    #[test]
+    fn detection_boxes_follow_the_resize_and_small_ones_go() {
+        let spec = InputSpec::plain(40, 20, 3);
+        let px = vec![0u8; 40 * 20 * 3];
+        let (pixels, boxes) = detection_view(&px, &target(), &spec, &LoaderOptions::default(), "k");
+        assert!(pixels.is_none(), "no augmentation: the pixels stay");
+        // halved; the 1-pixel box becomes 0.5 pixels and is dropped (min_box_size 1)
+        assert_eq!(boxes.iter().map(|b| b.bbox).collect::<Vec<_>>(), vec![[4.0, 2.0, 20.0, 12.0]]);
+        let keep = LoaderOptions { min_box_size: 0.0, ..Default::default() };
+        assert_eq!(detection_view(&px, &target(), &spec, &keep, "k").1.len(), 2);
+    }
+
+    #[test]
+    fn detection_augmentation_moves_pixels_and_boxes_together() {
+        let spec = InputSpec::plain(40, 20, 3);
+        // a white rectangle where the first box is (input space 4..20 × 2..12)
+        let mut px = vec![0u8; 40 * 20 * 3];
+        for y in 2..12 {
+            for x in 4..20 {
+                px[(y * 40 + x) * 3..(y * 40 + x) * 3 + 3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        let flip = crate::data::augment::AugmentSpec { flip_horizontal: 1.0, ..Default::default() };
+        let opts = LoaderOptions { box_augment: Some(flip), ..Default::default() };
+        let (pixels, boxes) = detection_view(&px, &target(), &spec, &opts, "k");
+        let pixels = pixels.expect("augmented");
+        assert_eq!(boxes[0].bbox, [20.0, 2.0, 36.0, 12.0], "mirrored: x' = 40 - x");
+        let at = |p: &[u8], x: usize, y: usize| p[(y * 40 + x) * 3];
+        assert_eq!(at(&pixels, 28, 7), 255, "the rectangle moved with its box");
+        assert_eq!(at(&pixels, 10, 7), 0);
+        // random translation: a function of (seed, epoch, key), different across epochs
+        let shift = crate::data::augment::AugmentSpec { translate_x: crate::data::augment::Param::Range(-8.0, 8.0), ..Default::default() };
+        let o = |epoch: u64| LoaderOptions { box_augment: Some(shift.clone()), seed: 3, epoch, ..Default::default() };
+        let a = detection_view(&px, &target(), &spec, &o(0), "k");
+        assert_eq!(a, detection_view(&px, &target(), &spec, &o(0), "k"));
+        let xs: Vec<f32> = (0..6).map(|e| detection_view(&px, &target(), &spec, &o(e), "k").1[0].bbox[0]).collect();
+        assert!(xs.windows(2).any(|w| w[0] != w[1]), "{xs:?}");
+        for (e, x) in xs.iter().enumerate() {
+            // the box moved by the draw's dx: its left edge and the rectangle's agree
+            let (p, _) = detection_view(&px, &target(), &spec, &o(e as u64), "k");
+            let p = p.unwrap();
+            let col = (x.round() as usize + 2).min(39);
+            assert!(at(&p, col, 7) > 100, "epoch {e}: box at {x}, pixel {}", at(&p, col, 7));
+        }
     }
 }

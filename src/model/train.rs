@@ -603,7 +603,7 @@ mod tests {
         let n = 48;
         let images: Vec<f32> = (0..n * g.input.len()).map(|_| rng.f64() as f32 - 0.5).collect();
         let labels: Vec<u32> = (0..n).map(|i| (i % 7) as u32).collect();
-        let b = Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] };
+        let b = Batch { len: n, images, labels, keys: vec![String::new(); n], targets: vec![None; n], boxes: vec![Vec::new(); n], masks: vec![None; n] };
         assert_eq!(default_chunks(n), 3);
         assert_eq!((default_chunks(8), default_chunks(32), default_chunks(1000)), (1, 2, 8));
         let step = |chunks: usize, threads: usize| {

@@ -1043,7 +1043,7 @@ mod tests {
 
     fn batch(n: usize, g: &ModelGraph, seed: u64) -> Batch {
         let classes = g.classes.len() as u32;
-        Batch { len: n, images: images(n, g, seed), labels: (0..n as u32).map(|i| (i * 7 + seed as u32) % classes).collect(), keys: vec![String::new(); n], targets: vec![None; n], masks: vec![None; n] }
+        Batch { len: n, images: images(n, g, seed), labels: (0..n as u32).map(|i| (i * 7 + seed as u32) % classes).collect(), keys: vec![String::new(); n], targets: vec![None; n], boxes: vec![Vec::new(); n], masks: vec![None; n] }
     }
 
     fn rel(a: &[f32], b: &[f32]) -> f32 {
