@@ -8,11 +8,14 @@
 //!   that name the file and the line;
 //! - [`postprocess`]: gridbox outputs → boxes (coverage threshold, decoding, DBSCAN over
 //!   1 − IoU or NMS, per-class settings);
+//! - [`loss`]: DetectNet_v2's cost (weighted coverage BCE, coverage-weighted box L1, class
+//!   and objective weights), the reference for the engines' loss;
 //! - [`targets`]: TAO's bbox rasteriser (coverage ellipses, dead zone, soft coverage by
 //!   4×4 supersampling, nearer object wins) that turns labels into training targets.
 
 pub mod coco;
 pub mod io;
+pub mod loss;
 pub mod postprocess;
 pub mod report;
 pub mod tao_ap;
