@@ -9,6 +9,7 @@
 //! later reads id 0 as "unmatched", so a detection matched to an annotation whose id is 0
 //! counts as a false positive there. Here a match is a match, whatever the id.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Detections, iou_xywh};
@@ -108,17 +109,24 @@ pub fn evaluate(d: &Detections) -> CocoReport {
         dts[t.image * nk + t.class].push(i);
     }
 
-    // evaluateImg for every class, area and image (None where the image has neither).
-    let mut evals: Vec<Option<ImgEval>> = Vec::with_capacity(nk * a_n * ni);
-    let mut sorted_dts: Vec<Vec<usize>> = Vec::with_capacity(ni * nk);
-    for cell in &dts {
-        let mut v = cell.clone();
-        // np.argsort(-score, kind="mergesort"): stable, highest first.
-        v.sort_by(|a, b| d.dets[*b].score.partial_cmp(&d.dets[*a].score).unwrap_or(std::cmp::Ordering::Equal));
-        v.truncate(max_det);
-        sorted_dts.push(v);
-    }
-    for k in 0..nk {
+    // Per (image, class), once for all area ranges: the (at most 100) detections by score
+    // and their IoUs, [sorted detection][ground truth in file order].
+    let (sorted_dts, cell_ious): (Vec<Vec<usize>>, Vec<Vec<Vec<f64>>>) = dts
+        .par_iter()
+        .enumerate()
+        .map(|(cell, cell_dts)| {
+            let mut v = cell_dts.clone();
+            // np.argsort(-score, kind="mergesort"): stable, highest first.
+            v.sort_by(|a, b| d.dets[*b].score.partial_cmp(&d.dets[*a].score).unwrap_or(std::cmp::Ordering::Equal));
+            v.truncate(max_det);
+            let ious = v.iter().map(|di| gts[cell].iter().map(|gi| iou_xywh(&d.dets[*di].bbox, &d.gts[*gi].bbox, d.gts[*gi].iscrowd)).collect()).collect();
+            (v, ious)
+        })
+        .unzip();
+
+    // evaluateImg for one class: every area and image (None where the image has neither).
+    let eval_class = |k: usize| -> Vec<Option<ImgEval>> {
+        let mut evals: Vec<Option<ImgEval>> = Vec::with_capacity(a_n * ni);
         for rng in AREA_RANGES.iter() {
             for img in 0..ni {
                 let cell = img * nk + k;
@@ -131,12 +139,13 @@ pub fn evaluate(d: &Detections) -> CocoReport {
                     let g = &d.gts[gi];
                     g.iscrowd || g.area < rng[0] || g.area > rng[1]
                 };
-                // Ground truth with the ignored ones last (stable).
-                let mut g: Vec<usize> = g_all.clone();
-                g.sort_by_key(|gi| ignore_of(*gi));
+                // Ground truth with the ignored ones last (stable); `order` indexes the cell's IoU columns.
+                let mut order: Vec<usize> = (0..g_all.len()).collect();
+                order.sort_by_key(|j| ignore_of(g_all[*j]));
+                let g: Vec<usize> = order.iter().map(|j| g_all[*j]).collect();
                 let gt_ig: Vec<bool> = g.iter().map(|gi| ignore_of(*gi)).collect();
                 let crowd: Vec<bool> = g.iter().map(|gi| d.gts[*gi].iscrowd).collect();
-                let ious: Vec<Vec<f64>> = dt.iter().map(|di| g.iter().map(|gi| iou_xywh(&d.dets[*di].bbox, &d.gts[*gi].bbox, d.gts[*gi].iscrowd)).collect()).collect();
+                let ious: Vec<Vec<f64>> = cell_ious[cell].iter().map(|row| order.iter().map(|j| row[*j]).collect()).collect();
                 let (nd, ng) = (dt.len(), g.len());
                 let mut matched = vec![vec![false; nd]; t_n];
                 let mut ignored = vec![vec![false; nd]; t_n];
@@ -185,16 +194,18 @@ pub fn evaluate(d: &Detections) -> CocoReport {
                 evals.push(Some(ImgEval { scores: dt.iter().map(|di| d.dets[*di].score).collect(), matched, ignored, gt_ignored: gt_ig }));
             }
         }
-    }
+        evals
+    };
 
     // accumulate
     let pidx = |t: usize, r: usize, k: usize, a: usize, m: usize| (((t * r_n + r) * nk + k) * a_n + a) * m_n + m;
     let ridx = |t: usize, k: usize, a: usize, m: usize| ((t * nk + k) * a_n + a) * m_n + m;
-    let mut precision = vec![-1.0f64; t_n * r_n * nk * a_n * m_n];
-    let mut recall = vec![-1.0f64; t_n * nk * a_n * m_n];
-    for k in 0..nk {
+    // accumulate, one class at a time (classes in parallel), into [t][r][a][m] and [t][a][m]
+    let acc_class = |evals: &[Option<ImgEval>]| -> (Vec<f64>, Vec<f64>) {
+        let mut lp = vec![-1.0f64; t_n * r_n * a_n * m_n];
+        let mut lr = vec![-1.0f64; t_n * a_n * m_n];
         for a in 0..a_n {
-            let es: Vec<&ImgEval> = (0..ni).filter_map(|i| evals[(k * a_n + a) * ni + i].as_ref()).collect();
+            let es: Vec<&ImgEval> = (0..ni).filter_map(|i| evals[a * ni + i].as_ref()).collect();
             if es.is_empty() {
                 continue;
             }
@@ -229,7 +240,7 @@ pub fn evaluate(d: &Detections) -> CocoReport {
                         pr.push(tpf / (fpf + tpf + f64::EPSILON));
                     }
                     let nd = rc.len();
-                    recall[ridx(t, k, a, m)] = if nd > 0 { rc[nd - 1] } else { 0.0 };
+                    lr[(t * a_n + a) * m_n + m] = if nd > 0 { rc[nd - 1] } else { 0.0 };
                     for i in (1..nd).rev() {
                         if pr[i] > pr[i - 1] {
                             pr[i - 1] = pr[i];
@@ -238,7 +249,23 @@ pub fn evaluate(d: &Detections) -> CocoReport {
                     for (ri, thr) in rec_thrs.iter().enumerate() {
                         // np.searchsorted(rc, thr, side="left")
                         let pi = rc.partition_point(|v| v < thr);
-                        precision[pidx(t, ri, k, a, m)] = if pi < nd { pr[pi] } else { 0.0 };
+                        lp[((t * r_n + ri) * a_n + a) * m_n + m] = if pi < nd { pr[pi] } else { 0.0 };
+                    }
+                }
+            }
+        }
+        (lp, lr)
+    };
+    let per_k: Vec<(Vec<f64>, Vec<f64>)> = (0..nk).into_par_iter().map(|k| acc_class(&eval_class(k))).collect();
+    let mut precision = vec![-1.0f64; t_n * r_n * nk * a_n * m_n];
+    let mut recall = vec![-1.0f64; t_n * nk * a_n * m_n];
+    for (k, (lp, lr)) in per_k.iter().enumerate() {
+        for t in 0..t_n {
+            for a in 0..a_n {
+                for m in 0..m_n {
+                    recall[ridx(t, k, a, m)] = lr[(t * a_n + a) * m_n + m];
+                    for r in 0..r_n {
+                        precision[pidx(t, r, k, a, m)] = lp[((t * r_n + r) * a_n + a) * m_n + m];
                     }
                 }
             }
