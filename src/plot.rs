@@ -99,6 +99,9 @@ fn fmt_tick(v: f64) -> String {
     if v.abs() >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") }
 }
 
+/// Points of one line and its colour.
+type Series = (Vec<(f64, f64)>, Rgb<u8>);
+
 /// The x axis of a panel: its range, the labels at its ends and its name.
 struct XAxis<'a> {
     lo: f64,
@@ -115,7 +118,7 @@ impl XAxis<'_> {
 }
 
 /// One panel: a title, y ticks, and series of (x, value).
-fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[(Vec<(f64, f64)>, Rgb<u8>)], xa: &XAxis, fixed: Option<(f64, f64)>) {
+fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[Series], xa: &XAxis, fixed: Option<(f64, f64)>) {
     let (w, h) = (360i64, 300i64);
     let (left, top, pw, ph) = (x0 + 50, 30i64, w - 70, h - 70);
     text(img, x0 + 50, 8, title, 2, BLACK);
@@ -188,7 +191,7 @@ const PALETTE: [Rgb<u8>; 10] = [
 pub fn pr_curves(title: &str, recall: &[f64], curves: &[(String, f64, Vec<f64>)], path: &Path) -> Result<(), String> {
     let rows = curves.len().max(1) as u32;
     let mut img = RgbImage::from_pixel(740, 330.max(40 + 16 * rows), Rgb([255, 255, 255]));
-    let series: Vec<(Vec<(f64, f64)>, Rgb<u8>)> = curves.iter().enumerate().map(|(i, (_, _, p))| (recall.iter().cloned().zip(p.iter().cloned()).collect(), PALETTE[i % PALETTE.len()])).collect();
+    let series: Vec<Series> = curves.iter().enumerate().map(|(i, (_, _, p))| (recall.iter().cloned().zip(p.iter().cloned()).collect(), PALETTE[i % PALETTE.len()])).collect();
     let xa = XAxis { lo: 0.0, hi: 1.0, lo_label: "0".into(), hi_label: "1".into(), name: "RECALL" };
     panel(&mut img, 0, title, &series, &xa, Some((0.0, 1.0)));
     for (i, (name, ap, _)) in curves.iter().enumerate() {

@@ -603,7 +603,9 @@ fn csv_boxes(source: &Path, o: &SourceOptions) -> Result<Collected, DataError> {
         Some(d) => source.join(d),
         None => path.parent().unwrap_or(source).to_path_buf(),
     };
-    let mut by_image: BTreeMap<String, (Vec<(String, [f32; 4], String)>, String)> = BTreeMap::new();
+    // image path -> (its boxes, the first row naming it)
+    type Rows = (Vec<(String, [f32; 4], String)>, String);
+    let mut by_image: BTreeMap<String, Rows> = BTreeMap::new();
     let mut c = Collected::default();
     for rec in rd.records() {
         let rec = match rec {

@@ -93,7 +93,7 @@ fn parse_tile(f: &mut Fields<'_>, stage: &str) -> Option<TileSpec> {
         Some((v, _)) => v as f32,
         None => 0.5,
     };
-    let keep_empty = tf.bool("keep_empty").map_or(true, |(b, _)| b);
+    let keep_empty = tf.bool("keep_empty").is_none_or(|(b, _)| b);
     if let (Some(sz), Some(n)) = (size, t.get("overlap"))
         && overlap >= sz[0].min(sz[1])
     {

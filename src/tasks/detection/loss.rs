@@ -139,7 +139,7 @@ mod tests {
         // entropy of the soft cells only
         let l = detection_loss(&t[0].cov, &t[0].bbox, &t, &[CostClass::default()], 16);
         assert_eq!(l.per_class[0].1, 0.0);
-        let zeros = detection_loss(&vec![0.0; 16], &vec![0.0; 64], &t, &[CostClass::default()], 16);
+        let zeros = detection_loss(&[0.0; 16], &[0.0; 64], &t, &[CostClass::default()], 16);
         assert!(zeros.total > l.total && zeros.per_class[0].1 > 0.0);
     }
 }
