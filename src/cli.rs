@@ -243,6 +243,17 @@ pub enum Command {
         /// Also write `metrics.json` and `pr_curves.png` into this folder.
         #[arg(short, long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// With `-o`: the folder of the images (COCO file names, or KITTI stems with any image
+        /// extension, are relative to it); writes `predictions.png`, ground truth green and
+        /// detections red.
+        #[arg(long, value_name = "DIR", requires = "out")]
+        images: Option<PathBuf>,
+        /// How many images `predictions.png` shows.
+        #[arg(long, default_value_t = 12)]
+        grid: usize,
+        /// Detections drawn in `predictions.png`: those scored at least this.
+        #[arg(long, default_value_t = 0.5)]
+        grid_score: f64,
     },
     /// Print the digest taoflow gives a file or folder (reads every byte; no cache).
     Hash {

@@ -294,7 +294,7 @@ pub async fn main(cli: Cli) -> i32 {
             }
         },
         Command::Infer { model, images, top_k, json, batch_size } => infer_cmd(model, images, *top_k, *json, *batch_size),
-        Command::EvalDetections { gt, dets, classes, iou, min_height, max_height, min_width, max_width, ap_mode, json, out } => {
+        Command::EvalDetections { gt, dets, classes, iou, min_height, max_height, min_width, max_width, ap_mode, json, out, images, grid, grid_score } => {
             let o = crate::tasks::detection::report::EvalOptions {
                 classes: classes.clone(),
                 iou: iou.clone(),
@@ -304,7 +304,8 @@ pub async fn main(cli: Cli) -> i32 {
                 max_width: max_width.clone(),
                 ap_mode: ap_mode.clone(),
             };
-            eval_detections_cmd(gt, dets, &o, *json, out.as_deref())
+            let g = images.as_ref().map(|dir| crate::tasks::detection::report::GridOptions { dir: dir.clone(), count: *grid, min_score: *grid_score });
+            eval_detections_cmd(gt, dets, &o, *json, out.as_deref(), g.as_ref())
         }
         Command::Hash { paths } => {
             use rayon::prelude::*;
@@ -817,7 +818,7 @@ fn forward_cmd(arch: &str, classes: usize, weights: &Path, input: &Path, shape: 
     Ok(format!("{arch}: {} logits written in {:.2}s", v.len(), t0.elapsed().as_secs_f64()))
 }
 
-fn eval_detections_cmd(gt: &Path, dets: &Path, o: &crate::tasks::detection::report::EvalOptions, json: bool, out: Option<&Path>) -> i32 {
+fn eval_detections_cmd(gt: &Path, dets: &Path, o: &crate::tasks::detection::report::EvalOptions, json: bool, out: Option<&Path>, grid: Option<&crate::tasks::detection::report::GridOptions>) -> i32 {
     let r = match crate::tasks::detection::report::evaluate_files(gt, dets, o) {
         Ok(r) => r,
         Err(e) => {
@@ -831,7 +832,7 @@ fn eval_detections_cmd(gt: &Path, dets: &Path, o: &crate::tasks::detection::repo
         print!("{}", r.render());
     }
     if let Some(dir) = out {
-        match r.write(dir) {
+        match r.write(dir, grid) {
             Ok(files) => files.iter().for_each(|f| eprintln!("wrote {}", f.display())),
             Err(e) => {
                 eprint_error(&e);

@@ -237,6 +237,23 @@ fn kitti_folders_equal_coco_json() {
     assert_eq!(m["tao_settings"][0][1]["iou"], json!(0.7));
     let png = image::open(p.path("report/pr_curves.png")).unwrap().to_rgb8();
     assert!(png.pixels().any(|px| px.0 == [31, 119, 180]), "the first class's curve is drawn");
+    // the picture of predictions vs ground truth, from the images' folder
+    for id in 1..=4 {
+        let img = image::RgbImage::from_pixel(1000, 300, image::Rgb([90, 90, 90]));
+        img.save(p.path(&format!("imgs/{id:06}.png"))).unwrap_or_else(|_| {
+            std::fs::create_dir_all(p.path("imgs")).unwrap();
+            img.save(p.path(&format!("imgs/{id:06}.png"))).unwrap()
+        });
+    }
+    let o = p.run(&["eval-detections", "gt", "dt", "-o", "report2", "--images", "imgs", "--grid", "3", "--grid-score", "0.0"]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let g = image::open(p.path("report2/predictions.png")).unwrap().to_rgb8();
+    assert_eq!(g.width(), 3 * 324 + 4, "three cells in a row");
+    assert!(g.pixels().any(|px| px.0 == [40, 200, 60]) && g.pixels().any(|px| px.0 == [230, 40, 40]), "ground truth and detections drawn");
+    let o = p.run(&["eval-detections", "gt", "dt", "-o", "report3", "--images", "nowhere"]);
+    assert_eq!(o.status.code(), Some(3), "{}", common::text(&o));
+    assert!(common::text(&o).contains("none of the images was found"), "{}", common::text(&o));
+    assert!(!p.path("report3").exists(), "nothing written when the picture cannot be made");
 }
 
 #[test]

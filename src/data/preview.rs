@@ -12,7 +12,7 @@ use super::{DataError, DetectionTarget};
 
 const COLOURS: [[u8; 3]; 8] = [[255, 60, 60], [60, 220, 60], [60, 120, 255], [255, 220, 0], [255, 0, 255], [0, 255, 255], [255, 140, 0], [160, 255, 160]];
 
-fn outline(img: &mut RgbImage, b: [f32; 4], c: [u8; 3]) {
+pub(crate) fn outline(img: &mut RgbImage, b: [f32; 4], c: [u8; 3]) {
     let (w, h) = img.dimensions();
     let x1 = (b[0].floor().max(0.0) as u32).min(w - 1);
     let y1 = (b[1].floor().max(0.0) as u32).min(h - 1);

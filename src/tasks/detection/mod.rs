@@ -4,6 +4,7 @@
 //!   (12 summary numbers, per-class AP, precision-recall curves);
 //! - [`tao_ap`]: TAO's own metric (per-class IoU threshold, box-size window, 11-point
 //!   `sample` or `integrate` AP, mAP over classes);
+//! - [`grid`]: a picture of images with ground truth and detections drawn;
 //! - [`io`]: ground truth and detections from COCO JSON or KITTI label folders, with errors
 //!   that name the file and the line;
 //! - [`postprocess`]: gridbox outputs → boxes (coverage threshold, decoding, DBSCAN over
@@ -14,6 +15,7 @@
 //!   4×4 supersampling, nearer object wins) that turns labels into training targets.
 
 pub mod coco;
+pub mod grid;
 pub mod io;
 pub mod loss;
 pub mod postprocess;

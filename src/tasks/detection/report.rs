@@ -36,6 +36,18 @@ pub struct DetectionReport {
     pub skipped: Vec<(String, usize)>,
     #[serde(skip)]
     pub coco_report: Option<CocoReport>,
+    /// What was evaluated (for the picture of it).
+    #[serde(skip)]
+    pub data: Option<Detections>,
+}
+
+/// The picture `write` draws: images from `dir`, `count` of them, detections scored at
+/// least `min_score`.
+#[derive(Debug, Clone)]
+pub struct GridOptions {
+    pub dir: std::path::PathBuf,
+    pub count: usize,
+    pub min_score: f64,
 }
 
 /// `[class=]value` settings → one value per class (later entries win).
@@ -97,6 +109,7 @@ pub fn evaluate(d: &Detections, o: &EvalOptions, skipped: Vec<(String, usize)>) 
         tao_settings: cls.iter().cloned().zip(cfg).collect(),
         skipped,
         coco_report: Some(c),
+        data: Some(d.clone()),
     })
 }
 
@@ -143,9 +156,15 @@ impl DetectionReport {
         s
     }
 
-    /// `metrics.json` and `pr_curves.png` (IoU 0.50, one curve per class) into `dir`,
-    /// each written to a temporary file and renamed, so a failure leaves no half file.
-    pub fn write(&self, dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    /// `metrics.json`, `pr_curves.png` (IoU 0.50, one curve per class) and, with `grid`,
+    /// `predictions.png` (ground truth green, detections red) into `dir`, each written to a
+    /// temporary file and renamed, so a failure leaves no half file.
+    pub fn write(&self, dir: &Path, grid: Option<&GridOptions>) -> Result<Vec<std::path::PathBuf>, String> {
+        // the picture first: a wrong image folder fails before anything is written
+        let picture = match grid {
+            Some(g) => Some(super::grid::draw(self.data.as_ref().expect("evaluated"), &g.dir, g.count, g.min_score, 320)?),
+            None => None,
+        };
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
         let mj = dir.join("metrics.json");
@@ -154,7 +173,15 @@ impl DetectionReport {
         let c = self.coco_report.as_ref().expect("evaluated");
         let curves: Vec<(String, f64, Vec<f64>)> = c.per_class.iter().filter(|k| !k.pr50.is_empty()).map(|k| (format!("{} AP50", k.class), k.ap50, k.pr50.clone())).collect();
         crate::plot::pr_curves("PRECISION AT IOU 0.5", &c.recall_points, &curves, &png)?;
-        Ok(vec![mj, png])
+        let mut files = vec![mj, png];
+        if let Some(p) = picture {
+            let path = dir.join("predictions.png");
+            let tmp = dir.join(".predictions.png.tmp");
+            p.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            files.push(path);
+        }
+        Ok(files)
     }
 }
 
