@@ -198,7 +198,6 @@ pub fn pr_curves(title: &str, recall: &[f64], curves: &[(String, f64, Vec<f64>)]
         let label = format!("{name} {ap:.3}");
         text(&mut img, 370, 30 + 16 * i as i64, &label, 2, PALETTE[i % PALETTE.len()]);
     }
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let png = crate::data::image_io::encode_png(&image::DynamicImage::ImageRgb8(img))?;
+    crate::store::write_atomic(path, &png).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

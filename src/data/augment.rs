@@ -126,6 +126,11 @@ pub struct Draw {
 }
 
 impl Draw {
+    /// No change at all: the warp is the plain resize, the colour untouched, no blur.
+    pub fn identity() -> Draw {
+        Draw { rotation: 0.0, shear_x: 0.0, shear_y: 0.0, translate_x: 0.0, translate_y: 0.0, flip_h: false, flip_v: false, zoom: 1.0, hue: 0.0, saturation: 1.0, contrast: 1.0, contrast_center: 127.5, brightness: 0.0, blur_std: 0.0, blur_size: 1 }
+    }
+
     /// Colour is left alone (the warp alone runs); the CPU path and the GPU kernel must
     /// agree on this, or rounding of the YIQ round trip would differ.
     pub fn color_is_identity(&self) -> bool {
@@ -398,23 +403,7 @@ fn plan<'s>(s: &'s RawSample, spec: &AugmentSpec, seed: u64) -> Result<Planned<'
         Some(m) => Some(image_io::decode(m).map_err(bad)?.to_luma8()),
         None => None,
     };
-    let identity = Draw {
-        rotation: 0.0,
-        shear_x: 0.0,
-        shear_y: 0.0,
-        translate_x: 0.0,
-        translate_y: 0.0,
-        flip_h: false,
-        flip_v: false,
-        zoom: 1.0,
-        hue: 0.0,
-        saturation: 1.0,
-        contrast: 1.0,
-        contrast_center: spec.contrast_center,
-        brightness: 0.0,
-        blur_std: 0.0,
-        blur_size: spec.blur_size,
-    };
+    let identity = Draw { contrast_center: spec.contrast_center, blur_size: spec.blur_size, ..Draw::identity() };
     let mut variants = Vec::new();
     if spec.keep_originals {
         variants.push((s.key.clone(), identity, out_size, out_size == (sw, sh)));
@@ -597,7 +586,7 @@ mod tests {
     use super::*;
 
     fn draw() -> Draw {
-        Draw { rotation: 0.0, shear_x: 0.0, shear_y: 0.0, translate_x: 0.0, translate_y: 0.0, flip_h: false, flip_v: false, zoom: 1.0, hue: 0.0, saturation: 1.0, contrast: 1.0, contrast_center: 127.5, brightness: 0.0, blur_std: 0.0, blur_size: 5 }
+        Draw { blur_size: 5, ..Draw::identity() }
     }
 
     fn bx(b: [f32; 4]) -> BoxLabel {

@@ -549,10 +549,10 @@ fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Ve
 /// The tiles of one image with their boxes, each a sample of its own (`<key>_x<X>_y<Y>`).
 fn tiles(it: &Item, img: &DynamicImage, boxes: &[crate::data::BoxLabel], t: &TileSpec) -> Result<Vec<Processed>, Bad> {
     let (w, h) = (img.width(), img.height());
+    let (tw, th) = (t.size[0].min(w), t.size[1].min(h));
     let mut out = Vec::new();
     for ty in tile_starts(h, t.size[1], t.overlap) {
         for tx in tile_starts(w, t.size[0], t.overlap) {
-            let (tw, th) = (t.size[0].min(w), t.size[1].min(h));
             let mut kept = Vec::new();
             for b in boxes {
                 if let Some(c) = clip_to_tile(b.bbox, tx, ty, tw, th, t.min_visible) {

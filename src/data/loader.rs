@@ -319,9 +319,8 @@ pub fn detection_view(px: &[u8], t: &DetectionTarget, spec: &InputSpec, opts: &L
     use crate::data::augment::{forward_matrix, transform_box, warp_color, Draw};
     let out = (spec.width, spec.height);
     let draw = opts.box_augment.as_ref().map(|a| a.draw(opts.seed ^ opts.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15), &format!("online-boxes/{key}"), 0));
-    let identity = Draw { rotation: 0.0, shear_x: 0.0, shear_y: 0.0, translate_x: 0.0, translate_y: 0.0, flip_h: false, flip_v: false, zoom: 1.0, hue: 0.0, saturation: 1.0, contrast: 1.0, contrast_center: 127.5, brightness: 0.0, blur_std: 0.0, blur_size: 1 };
     // stored image -> input (a scale), then the augmentation's own warp of the input
-    let scale = forward_matrix(&identity, (t.width.max(1), t.height.max(1)), out);
+    let scale = forward_matrix(&Draw::identity(), (t.width.max(1), t.height.max(1)), out);
     let m = match &draw {
         Some(d) => scale.then(&forward_matrix(d, out, out)),
         None => scale,

@@ -106,22 +106,20 @@ fn coco_gt(path: &Path) -> Result<GroundTruth, String> {
     let obj = v.as_object().ok_or_else(|| format!("{p}: a COCO ground-truth file is an object with `images`, `annotations` and `categories`; this one is not an object (a list is a detections file: give the ground truth first)"))?;
     let list = |k: &str| obj.get(k).and_then(|x| x.as_array()).ok_or_else(|| format!("{p}: no `{k}` list (a COCO ground-truth file has `images`, `annotations` and `categories`)"));
     let (images, anns, cats) = (list("images")?, list("annotations")?, list("categories")?);
-    let mut img_ids: BTreeMap<i64, String> = BTreeMap::new();
-    for (i, im) in images.iter().enumerate() {
-        let id = im.get("id").and_then(int_of).ok_or_else(|| format!("{p}: images[{i}] has no integer `id`"))?;
-        let name = im.get("file_name").and_then(|f| f.as_str()).map(str::to_string).unwrap_or_else(|| id.to_string());
-        if img_ids.insert(id, name).is_some() {
-            return Err(format!("{p}: images[{i}]: image id {id} appears twice"));
+    // id -> name (the id itself where the entry has no name), sorted by id as pycocotools sorts
+    let ids = |list: &[Value], section: &str, name_key: &str, what: &str| -> Result<BTreeMap<i64, String>, String> {
+        let mut out = BTreeMap::new();
+        for (i, e) in list.iter().enumerate() {
+            let id = e.get("id").and_then(int_of).ok_or_else(|| format!("{p}: {section}[{i}] has no integer `id`"))?;
+            let name = e.get(name_key).and_then(|f| f.as_str()).map(str::to_string).unwrap_or_else(|| id.to_string());
+            if out.insert(id, name).is_some() {
+                return Err(format!("{p}: {section}[{i}]: {what} id {id} appears twice"));
+            }
         }
-    }
-    let mut cat_ids: BTreeMap<i64, String> = BTreeMap::new();
-    for (i, c) in cats.iter().enumerate() {
-        let id = c.get("id").and_then(int_of).ok_or_else(|| format!("{p}: categories[{i}] has no integer `id`"))?;
-        let name = c.get("name").and_then(|f| f.as_str()).map(str::to_string).unwrap_or_else(|| id.to_string());
-        if cat_ids.insert(id, name).is_some() {
-            return Err(format!("{p}: categories[{i}]: category id {id} appears twice"));
-        }
-    }
+        Ok(out)
+    };
+    let img_ids = ids(images, "images", "file_name", "image")?;
+    let cat_ids = ids(cats, "categories", "name", "category")?;
     let img_index: HashMap<i64, usize> = img_ids.keys().enumerate().map(|(i, id)| (*id, i)).collect();
     let cat_index: HashMap<i64, usize> = cat_ids.keys().enumerate().map(|(i, id)| (*id, i)).collect();
     let mut gts = Vec::with_capacity(anns.len());

@@ -80,11 +80,11 @@ fn per_class(spec: &[String], classes: &[String], what: &str, unit_range: bool, 
 pub fn evaluate_files(gt: &Path, dets: &Path, o: &EvalOptions) -> Result<DetectionReport, String> {
     let mut g = io::load_ground_truth(gt, o.classes.as_deref())?;
     let skipped = io::load_detections(&mut g, dets)?;
-    evaluate(&g.data, o, skipped.unknown_classes.into_iter().collect())
+    evaluate(g.data, o, skipped.unknown_classes.into_iter().collect())
 }
 
-/// Evaluate detections already in memory.
-pub fn evaluate(d: &Detections, o: &EvalOptions, skipped: Vec<(String, usize)>) -> Result<DetectionReport, String> {
+/// Evaluate detections already in memory (kept in the report for its picture).
+pub fn evaluate(d: Detections, o: &EvalOptions, skipped: Vec<(String, usize)>) -> Result<DetectionReport, String> {
     let mode = match &o.ap_mode {
         None => ApMode::Integrate,
         Some(m) => ApMode::parse(m).ok_or_else(|| format!("`--ap-mode {m}`: use `sample` (VOC 11-point) or `integrate` (area under the curve)"))?,
@@ -96,8 +96,8 @@ pub fn evaluate(d: &Detections, o: &EvalOptions, skipped: Vec<(String, usize)>) 
     let min_w = per_class(&o.min_width, cls, "min-width", false, 0.0)?;
     let max_w = per_class(&o.max_width, cls, "max-width", false, 9999.0)?;
     let cfg: Vec<ClassEval> = (0..cls.len()).map(|k| ClassEval { iou: iou[k], min_height: min_h[k], max_height: max_h[k], min_width: min_w[k], max_width: max_w[k] }).collect();
-    let c = coco::evaluate(d);
-    let tao = tao_ap::evaluate(d, &cfg, mode);
+    let c = coco::evaluate(&d);
+    let tao = tao_ap::evaluate(&d, &cfg, mode);
     let coco_map = STAT_NAMES.iter().zip(c.stats).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
     Ok(DetectionReport {
         images: d.images.len(),
@@ -109,7 +109,7 @@ pub fn evaluate(d: &Detections, o: &EvalOptions, skipped: Vec<(String, usize)>) 
         tao_settings: cls.iter().cloned().zip(cfg).collect(),
         skipped,
         coco_report: Some(c),
-        data: Some(d.clone()),
+        data: Some(d),
     })
 }
 
@@ -176,9 +176,8 @@ impl DetectionReport {
         let mut files = vec![mj, png];
         if let Some(p) = picture {
             let path = dir.join("predictions.png");
-            let tmp = dir.join(".predictions.png.tmp");
-            p.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            let png = crate::data::image_io::encode_png(&image::DynamicImage::ImageRgb8(p))?;
+            crate::store::write_atomic(&path, &png).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             files.push(path);
         }
         Ok(files)
