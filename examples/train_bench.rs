@@ -53,6 +53,7 @@ fn cfg(kind: OptimKind, lr: f64) -> TrainConfig {
         val_every: 1,
         checkpoint_every: 0,
         seed: 0,
+        detection: None,
     }
 }
 

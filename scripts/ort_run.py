@@ -3,7 +3,8 @@
 
   ort_run.py MODEL.onnx INPUT.f32 N,C,H,W OUTPUT.f32 [OPTIMIZED.onnx]
 
-Writes the first output as raw little-endian float32. With OPTIMIZED.onnx, onnxruntime also
+Writes every output, flattened and concatenated in the model's output order, as raw
+little-endian float32. With OPTIMIZED.onnx, onnxruntime also
 saves the graph it actually runs (after its QDQ fusions), so a test can check that a QDQ
 model runs on INT8 kernels (QLinearConv, QLinearMatMul, ...).
 """
@@ -24,8 +25,8 @@ def main() -> int:
         so.optimized_model_filepath = sys.argv[5]
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     x = np.fromfile(inp, dtype="<f4").reshape([int(v) for v in shape.split(",")])
-    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    np.asarray(y, dtype="<f4").tofile(out)
+    ys = sess.run(None, {sess.get_inputs()[0].name: x})
+    np.concatenate([np.asarray(y, dtype="<f4").ravel() for y in ys]).tofile(out)
     return 0
 
 

@@ -208,6 +208,17 @@ pub enum Command {
         json: bool,
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
+        /// Detectors: report boxes scored at least this (default 0: every box the
+        /// post-processing keeps).
+        #[arg(long, default_value_t = 0.0)]
+        min_score: f32,
+        /// Detectors: write one KITTI label file per image into DIR (`<stem>.txt`, the score
+        /// as the 16th field), what `eval-detections` reads.
+        #[arg(long, value_name = "DIR")]
+        kitti: Option<PathBuf>,
+        /// Detectors: write each image with its boxes drawn into DIR (`<stem>.png`).
+        #[arg(long, value_name = "DIR")]
+        draw: Option<PathBuf>,
     },
     /// Evaluate object detections against ground truth: COCO's twelve numbers (as
     /// pycocotools computes them), TAO's per-class AP and mAP, a per-class table.

@@ -293,7 +293,7 @@ pub async fn main(cli: Cli) -> i32 {
                 EXIT_STAGE_FAILED
             }
         },
-        Command::Infer { model, images, top_k, json, batch_size } => infer_cmd(model, images, *top_k, *json, *batch_size),
+        Command::Infer { model, images, top_k, json, batch_size, min_score, kitti, draw } => infer_cmd(model, images, *top_k, *json, *batch_size, *min_score, kitti.as_deref(), draw.as_deref()),
         Command::EvalDetections { gt, dets, classes, iou, min_height, max_height, min_width, max_width, ap_mode, json, out, images, grid, grid_score } => {
             let o = crate::tasks::detection::report::EvalOptions {
                 classes: classes.clone(),
@@ -304,7 +304,7 @@ pub async fn main(cli: Cli) -> i32 {
                 max_width: max_width.clone(),
                 ap_mode: ap_mode.clone(),
             };
-            let g = images.as_ref().map(|dir| crate::tasks::detection::report::GridOptions { dir: dir.clone(), count: *grid, min_score: *grid_score });
+            let g = images.as_ref().map(|dir| crate::tasks::detection::report::GridOptions { images: crate::tasks::detection::grid::Images::Dir(dir.clone()), count: *grid, min_score: *grid_score });
             eval_detections_cmd(gt, dets, &o, *json, out.as_deref(), g.as_ref())
         }
         Command::Hash { paths } => {
@@ -843,7 +843,8 @@ fn eval_detections_cmd(gt: &Path, dets: &Path, o: &crate::tasks::detection::repo
     EXIT_OK
 }
 
-fn infer_cmd(model: &Path, images: &[std::path::PathBuf], top_k: usize, json: bool, batch: usize) -> i32 {
+#[allow(clippy::too_many_arguments)]
+fn infer_cmd(model: &Path, images: &[std::path::PathBuf], top_k: usize, json: bool, batch: usize, min_score: f32, kitti: Option<&Path>, draw: Option<&Path>) -> i32 {
     if top_k == 0 {
         eprint_error("--top-k must be at least 1");
         return EXIT_INVALID;
@@ -858,13 +859,24 @@ fn infer_cmd(model: &Path, images: &[std::path::PathBuf], top_k: usize, json: bo
     for n in &m.notes {
         eprintln!("note: {n}");
     }
-    let preds = match crate::infer::predict(&m, images, top_k, batch) {
+    if m.detection.is_none() && (kitti.is_some() || draw.is_some()) {
+        eprint_error("`--kitti` and `--draw` are for detectors; this model is a classifier");
+        return EXIT_INVALID;
+    }
+    let mut preds = match crate::infer::predict(&m, images, top_k, batch) {
         Ok(p) => p,
         Err(e) => {
             eprint_error(&e);
             return EXIT_STAGE_FAILED;
         }
     };
+    crate::infer::keep_scored(&mut preds, min_score);
+    for (dir, r) in [(kitti, kitti.map(|d| crate::infer::write_kitti(&preds, d))), (draw, draw.map(|d| crate::infer::draw_boxes(&preds, d)))] {
+        if let (Some(dir), Some(Err(e))) = (dir, r) {
+            eprint_error(&format!("cannot write into `{}`: {e}", dir.display()));
+            return EXIT_STAGE_FAILED;
+        }
+    }
     let failed = preds.iter().filter(|p| p.error.is_some()).count();
     if json {
         println!("{}", serde_json::to_string_pretty(&preds).expect("serialises"));
@@ -876,6 +888,13 @@ fn infer_cmd(model: &Path, images: &[std::path::PathBuf], top_k: usize, json: bo
                     println!("{}", p.image);
                     for (i, s) in top.iter().enumerate() {
                         println!("  {}. {:<24} {:.4}", i + 1, s.class, s.probability);
+                    }
+                }
+                (None, None) if p.boxes.is_some() => {
+                    let boxes = p.boxes.as_deref().unwrap_or_default();
+                    println!("{}: {} box(es)", p.image, boxes.len());
+                    for b in boxes {
+                        println!("  {:<16} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]", b.class, b.confidence, b.bbox[0], b.bbox[1], b.bbox[2], b.bbox[3]);
                     }
                 }
                 (None, Some(e)) => eprint_error(&format!("`{}`: {e}", p.image)),

@@ -164,7 +164,7 @@ pub fn training_curves(h: &[EpochRecord], path: &Path) -> Result<(), String> {
     let epochs = h.last().map(|r| r.epoch).unwrap_or(1);
     let tl: Vec<(f64, f64)> = h.iter().map(|r| (r.epoch as f64, r.train_loss)).collect();
     let vl: Vec<(f64, f64)> = h.iter().filter_map(|r| r.val_loss.map(|v| (r.epoch as f64, v))).collect();
-    let ta: Vec<(f64, f64)> = h.iter().map(|r| (r.epoch as f64, r.train_accuracy)).collect();
+    let ta: Vec<(f64, f64)> = h.iter().filter_map(|r| r.train_accuracy.map(|v| (r.epoch as f64, v))).collect();
     let va: Vec<(f64, f64)> = h.iter().filter_map(|r| r.val_accuracy.map(|v| (r.epoch as f64, v))).collect();
     panel(&mut img, 0, "LOSS", &[(tl, BLUE), (vl, ORANGE)], &XAxis::epochs(epochs), None);
     panel(&mut img, 370, "ACCURACY", &[(ta, BLUE), (va, ORANGE)], &XAxis::epochs(epochs), Some((0.0, 1.0)));
@@ -174,7 +174,7 @@ pub fn training_curves(h: &[EpochRecord], path: &Path) -> Result<(), String> {
 }
 
 /// Ten distinguishable colours (matplotlib's tab10), for one series per class.
-const PALETTE: [Rgb<u8>; 10] = [
+pub const PALETTE: [Rgb<u8>; 10] = [
     Rgb([31, 119, 180]),
     Rgb([255, 127, 14]),
     Rgb([44, 160, 44]),

@@ -192,6 +192,69 @@ fn ort(dir: &Path, model: &pb::ModelProto, x: &[f32], shape: [usize; 4], optimiz
     (y, ops)
 }
 
+/// A DetectNet_v2 detector exported with TAO's tensor names (`input_1`,
+/// `output_cov/Sigmoid`, `output_bbox/BiasAdd`) runs in onnxruntime and in tract like the
+/// Burn engine, to 1e-4 on each output, before and after pruning; its QDQ model runs on
+/// INT8 kernels.
+#[test]
+fn onnxruntime_and_tract_run_the_exported_detector_like_burn() {
+    use taoflow::model::prune::{Criterion, Equalization, Norm, PruneConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2;
+    let g = taoflow::model::builders::detectnet_v2("resnet18", 0.25, taoflow::data::image_io::InputSpec::plain(96, 64, 3), vec!["car".into(), "person".into()]).unwrap();
+    let w = taoflow::model::testutil::random_weights(&g, 3);
+    let cfg = PruneConfig { norm: Norm::L2, criterion: Criterion::ParamRatio(0.5), granularity: 4, min_channels: 4, equalization: Equalization::Union, excluded: vec![] };
+    let (sps, ls, keep) = taoflow::model::prune::select(&g, &w, &cfg).unwrap();
+    let pg = taoflow::model::prune::apply_to_graph(&g, &sps, &ls, &keep).unwrap();
+    let pw = taoflow::model::prune::apply_to_weights(&g, &ls, &keep, &w).unwrap();
+    assert!(pg.param_count() < g.param_count() * 6 / 10, "pruned {} of {}", pg.param_count(), g.param_count());
+    for (g, w) in [(g, w), (pg, pw)] {
+        let s = g.input.clone();
+        let x = taoflow::stages::export::probe_images(n, s.len(), 11);
+        let want = taoflow::model::testutil::forward_all(&g, &w, &x, n);
+        assert_eq!((want[0].len(), want[1].len()), (n * 2 * 4 * 6, n * 8 * 4 * 6));
+        let m = export(&g, &w, &ExportOptions::default(), None).unwrap();
+        let gr = m.graph.as_ref().unwrap();
+        assert_eq!(gr.input[0].name, "input_1");
+        assert_eq!(gr.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["output_cov/Sigmoid", "output_bbox/BiasAdd"]);
+        let meta: HashMap<String, String> = m.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+        assert_eq!(meta["taoflow.task"], "detection");
+        assert!(meta["taoflow.detection"].contains("\"bbox_scale\":35.0"));
+        // tract
+        let t = taoflow::model::onnx_run::OnnxModel::from_bytes(&m.encode_to_vec(), "detector").unwrap().run_all(&x, n).unwrap();
+        for (k, (a, b)) in t.iter().zip(&want).enumerate() {
+            let d = taoflow::stages::export::max_rel_diff(a, b);
+            assert!(d < 1e-4, "{}: tract output {k} differs by {d:e}", g.arch);
+        }
+        if !have_onnxruntime() {
+            continue;
+        }
+        let shape = [n, s.channels as usize, s.height as usize, s.width as usize];
+        let (got, _) = ort(dir.path(), &m, &x, shape, false);
+        let (cov, bbox) = got.split_at(want[0].len());
+        for (k, (a, b)) in [cov, bbox].iter().zip(&want).enumerate() {
+            let d = taoflow::stages::export::max_rel_diff(a, b);
+            assert!(d < 1e-4, "{}: onnxruntime output {k} differs by {d:e}", g.arch);
+        }
+        // INT8: QDQ on onnxruntime's INT8 kernels, near FP32
+        let device = Default::default();
+        let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+        let low = Lowering::new(&g, true);
+        assert_eq!(low.input, "input_1");
+        let batches: Vec<(Vec<f32>, usize)> = vec![(taoflow::stages::export::probe_images(8, s.len(), 5), 8)];
+        let stats = taoflow::model::calibrate::collect(&g, &net, &low, &batches, &device).unwrap();
+        let r = taoflow::model::calibrate::ranges(&stats, taoflow::model::calibrate::Method::MinMax);
+        let spec = taoflow::model::calibrate::quant_spec(&r, &low.quantized_tensors(&g), ActType::Int8).unwrap();
+        let q = export(&g, &w, &ExportOptions::default(), Some(&spec)).unwrap();
+        let (got, ops) = ort(dir.path(), &q, &x, shape, true);
+        let ops = ops.unwrap();
+        assert!(ops.get("QLinearConv").copied().unwrap_or(0) > 0, "{ops:?}");
+        let (cov, _) = got.split_at(want[0].len());
+        let d = taoflow::stages::export::max_rel_diff(cov, &want[0]);
+        assert!(d < 0.1, "{}: INT8 coverage differs from FP32 by {d}", g.arch);
+    }
+}
+
 #[test]
 fn onnxruntime_runs_every_exported_architecture_like_burn() {
     if !have_onnxruntime() {

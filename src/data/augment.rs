@@ -41,7 +41,7 @@ impl Param {
 }
 
 /// The augmentation spec (TOML tables `spatial`, `color`, `blur` of the stage).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AugmentSpec {
     /// Rotation in radians.
     pub rotation: Param,

@@ -25,6 +25,64 @@ pub enum Op {
     Dropout { p: f64 },
     /// Element-wise sum of its inputs (residual connections).
     Add,
+    /// Element-wise logistic function (DetectNet_v2's coverage head).
+    Sigmoid,
+}
+
+/// What a model predicts; decides its loss, post-processing, metrics and export extras
+/// (`crate::tasks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// One output, `[N, classes]` logits.
+    #[default]
+    Classification,
+    /// DetectNet_v2's grid: outputs coverage `[N, C, H/16, W/16]` (after a sigmoid) and
+    /// boxes `[N, 4C, H/16, W/16]`; settings in [`ModelGraph::detection`].
+    Detection,
+}
+
+impl TaskKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskKind::Classification => "classification",
+            TaskKind::Detection => "detection",
+        }
+    }
+
+    /// The exported model's input tensor: `input`, or TAO's `input_1` for a detector (what
+    /// DeepStream configs of TAO models name).
+    pub fn onnx_input(&self) -> &'static str {
+        match self {
+            TaskKind::Classification => "input",
+            TaskKind::Detection => "input_1",
+        }
+    }
+
+    /// The exported model's output tensors, in the order of [`ModelGraph::outputs`]:
+    /// `logits`, or TAO's `output_cov/Sigmoid` and `output_bbox/BiasAdd`, which DeepStream's
+    /// stock DetectNet_v2 parser looks for.
+    pub fn onnx_outputs(&self) -> &'static [&'static str] {
+        match self {
+            TaskKind::Classification => &["logits"],
+            TaskKind::Detection => &["output_cov/Sigmoid", "output_bbox/BiasAdd"],
+        }
+    }
+}
+
+/// `"outputs": ["a", "b"]`, or the single `"output": "a"` of graphs written before a model
+/// could have several.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,11 +98,19 @@ pub struct Layer {
 pub struct ModelGraph {
     pub version: u32,
     pub arch: String,
+    #[serde(default)]
+    pub task: TaskKind,
     pub input: InputSpec,
     pub classes: Vec<String>,
     /// In execution order: every layer comes after its inputs.
     pub layers: Vec<Layer>,
-    pub output: String,
+    /// The layers whose values the model returns, in order (classification: the logits;
+    /// detection: coverage, then boxes).
+    #[serde(alias = "output", deserialize_with = "one_or_many")]
+    pub outputs: Vec<String>,
+    /// Detection's grid and post-processing settings (`task = "detection"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<crate::tasks::detection::DetectionHead>,
 }
 
 /// The weights a layer owns: (suffix, shape), in torchvision's naming.
@@ -70,6 +136,16 @@ pub fn weight_shapes(op: &Op) -> Vec<(&'static str, Vec<usize>)> {
 }
 
 impl ModelGraph {
+    /// A classifier (one output).
+    pub fn classifier(arch: String, input: InputSpec, classes: Vec<String>, layers: Vec<Layer>, output: String) -> Self {
+        ModelGraph { version: 1, arch, task: TaskKind::Classification, input, classes, layers, outputs: vec![output], detection: None }
+    }
+
+    /// The first output (a classifier's logits).
+    pub fn output(&self) -> &str {
+        &self.outputs[0]
+    }
+
     /// Every weight's full name (`features.0.0.weight`) and shape.
     pub fn weights(&self) -> BTreeMap<String, Vec<usize>> {
         let mut out = BTreeMap::new();
@@ -129,8 +205,31 @@ impl ModelGraph {
             };
             ch.insert(l.name.clone(), out);
         }
-        if !ch.contains_key(&self.output) {
-            return Err(format!("output `{}` is not a layer", self.output));
+        if self.outputs.is_empty() {
+            return Err("the model names no output".into());
+        }
+        for o in &self.outputs {
+            if !ch.contains_key(o) {
+                return Err(format!("output `{o}` is not a layer"));
+            }
+        }
+        match (self.task, &self.detection) {
+            (TaskKind::Detection, None) => return Err("a detection model needs its `detection` settings".into()),
+            (TaskKind::Classification, Some(_)) => return Err("a classification model has `detection` settings".into()),
+            (TaskKind::Detection, Some(d)) => {
+                if self.outputs.len() != 2 {
+                    return Err(format!("a detection model has two outputs (coverage, boxes), not {}", self.outputs.len()));
+                }
+                let (nc, nb) = (ch[&self.outputs[0]], ch[&self.outputs[1]]);
+                if nc != self.classes.len() || nb != 4 * self.classes.len() {
+                    return Err(format!("a detector of {} classes has {} coverage and {} box channels (expected {} and {})", self.classes.len(), nc, nb, self.classes.len(), 4 * self.classes.len()));
+                }
+                d.validate(self.classes.len())?;
+                if self.input.width % d.stride as u32 != 0 || self.input.height % d.stride as u32 != 0 {
+                    return Err(format!("a detector's input must be a multiple of {} pixels; this one is {}x{} (width x height)", d.stride, self.input.width, self.input.height));
+                }
+            }
+            _ => {}
         }
         Ok(ch)
     }

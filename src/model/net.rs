@@ -23,6 +23,7 @@ enum Kind {
     GlobalAvgPool,
     Dropout(f64),
     Add,
+    Sigmoid,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +36,8 @@ struct Step {
 #[derive(Debug, Clone)]
 pub struct Plan {
     steps: Vec<Step>,
-    output: usize,
+    /// Value-table indices of the model's outputs.
+    outputs: Vec<usize>,
     /// Weight name prefix of each parametrised module, for loading.
     conv_names: Vec<String>,
     bn_names: Vec<String>,
@@ -84,7 +86,7 @@ impl<B: Backend> GraphNet<B> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         index.insert("input", 0);
         let (mut convs, mut bns, mut linears) = (Vec::new(), Vec::new(), Vec::new());
-        let mut plan = Plan { steps: Vec::new(), output: 0, conv_names: Vec::new(), bn_names: Vec::new(), linear_names: Vec::new(), bn_frozen: Vec::new() };
+        let mut plan = Plan { steps: Vec::new(), outputs: Vec::new(), conv_names: Vec::new(), bn_names: Vec::new(), linear_names: Vec::new(), bn_frozen: Vec::new() };
         for (i, l) in g.layers.iter().enumerate() {
             let inputs = l.inputs.iter().map(|n| index[n.as_str()]).collect();
             let kind = match &l.op {
@@ -116,11 +118,12 @@ impl<B: Backend> GraphNet<B> {
                 Op::GlobalAvgPool => Kind::GlobalAvgPool,
                 Op::Dropout { p } => Kind::Dropout(*p),
                 Op::Add => Kind::Add,
+                Op::Sigmoid => Kind::Sigmoid,
             };
             plan.steps.push(Step { kind, inputs });
             index.insert(&l.name, i + 1);
         }
-        plan.output = index[g.output.as_str()];
+        plan.outputs = g.outputs.iter().map(|o| index[o.as_str()]).collect();
         // Burn initialises parameters lazily, on first use: force it now, in layer order,
         // so the random draws do not depend on which thread touches a layer first.
         for c in &convs {
@@ -308,22 +311,30 @@ impl<B: Backend> GraphNet<B> {
 }
 
 impl<B: super::conv::ConvBackend> GraphNet<B> {
-    /// Run the graph: `[N, C, H, W]` images in, `[N, classes]` logits out.
+    /// Run the graph: `[N, C, H, W]` images in, the first output flattened to `[N, X]` out
+    /// (a classifier's logits).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.run(x, None, None)
+        flat(self.run(x, None, None).swap_remove(0))
+    }
+
+    /// Every output of the graph, in inference mode, as `[N, C, H, W]` (a `[N, C]` output
+    /// as `[N, C, 1, 1]`).
+    pub fn forward_outputs(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        self.run(x, None, None).into_iter().map(rank4).collect()
     }
 
     /// Inference forward pass that hands every layer's output (layer index in the graph,
     /// values) to `observe`, e.g. to calibrate INT8 ranges.
-    pub fn forward_observe(&self, x: Tensor<B, 4>, observe: &mut dyn FnMut(usize, &[f32])) -> Tensor<B, 2> {
-        self.run(x, None, Some(observe))
+    pub fn forward_observe(&self, x: Tensor<B, 4>, observe: &mut dyn FnMut(usize, &[f32])) {
+        let _ = self.run(x, None, Some(observe));
     }
 
-    /// Training forward pass: batch norms normalise with the batch's statistics (except
-    /// frozen ones) and push `(index, mean, biased variance, count)` to `stats`, from which
-    /// the caller updates the running statistics once per step.
-    pub fn forward_train(&self, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Tensor<B, 2> {
-        self.run(x, Some(stats), None)
+    /// Training forward pass over every output (as [`forward_outputs`](Self::forward_outputs)):
+    /// batch norms normalise with the batch's statistics (except frozen ones) and push
+    /// `(index, mean, biased variance, count)` to `stats`, from which the caller updates the
+    /// running statistics once per step.
+    pub fn forward_train(&self, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Vec<Tensor<B, 4>> {
+        self.run(x, Some(stats), None).into_iter().map(rank4).collect()
     }
 
     fn bn_train(&self, b: usize, x: Tensor<B, 4>, stats: &mut Vec<BnStats<B>>) -> Tensor<B, 4> {
@@ -337,7 +348,7 @@ impl<B: super::conv::ConvBackend> GraphNet<B> {
         centered * inv * bn.gamma.val().reshape([1, c, 1, 1]) + bn.beta.val().reshape([1, c, 1, 1])
     }
 
-    fn run(&self, x: Tensor<B, 4>, mut stats: Option<&mut Vec<BnStats<B>>>, mut observe: Option<&mut dyn FnMut(usize, &[f32])>) -> Tensor<B, 2> {
+    fn run(&self, x: Tensor<B, 4>, mut stats: Option<&mut Vec<BnStats<B>>>, mut observe: Option<&mut dyn FnMut(usize, &[f32])>) -> Vec<Val<B>> {
         let mut vals: Vec<Option<Val<B>>> = vec![None; self.plan.steps.len() + 1];
         vals[0] = Some(Val::T4(x));
         for (i, s) in self.plan.steps.iter().enumerate() {
@@ -371,6 +382,8 @@ impl<B: super::conv::ConvBackend> GraphNet<B> {
                 (Kind::Relu, Val::T2(t)) => Val::T2(burn::tensor::activation::relu(t)),
                 (Kind::Relu6, Val::T4(t)) => Val::T4(t.clamp(0.0, 6.0)),
                 (Kind::Relu6, Val::T2(t)) => Val::T2(t.clamp(0.0, 6.0)),
+                (Kind::Sigmoid, Val::T4(t)) => Val::T4(burn::tensor::activation::sigmoid(t)),
+                (Kind::Sigmoid, Val::T2(t)) => Val::T2(burn::tensor::activation::sigmoid(t)),
                 (Kind::MaxPool { kernel, stride, padding }, Val::T4(t)) => Val::T4(burn::tensor::module::max_pool2d(t, *kernel, *stride, *padding, [1, 1], false)),
                 (Kind::GlobalAvgPool, Val::T4(t)) => {
                     let [n, c, _, _] = t.dims();
@@ -402,16 +415,29 @@ impl<B: super::conv::ConvBackend> GraphNet<B> {
             }
             vals[i + 1] = Some(v);
         }
-        match vals[self.plan.output].take() {
-            Some(Val::T2(t)) => t,
-            Some(Val::T4(t)) => {
-                let [n, c, h, w] = t.dims();
-                t.reshape([n, c * h * w])
-            }
-            None => unreachable!("the output is computed"),
-        }
+        self.plan.outputs.iter().map(|o| vals[*o].clone().expect("the outputs are computed")).collect()
     }
 
+}
+
+fn flat<B: Backend>(v: Val<B>) -> Tensor<B, 2> {
+    match v {
+        Val::T2(t) => t,
+        Val::T4(t) => {
+            let [n, c, h, w] = t.dims();
+            t.reshape([n, c * h * w])
+        }
+    }
+}
+
+fn rank4<B: Backend>(v: Val<B>) -> Tensor<B, 4> {
+    match v {
+        Val::T4(t) => t,
+        Val::T2(t) => {
+            let [n, c] = t.dims();
+            t.reshape([n, c, 1, 1])
+        }
+    }
 }
 
 /// `f(name, is_kernel, weight, gradient) -> new weight`, on flat tensors of the inner backend.

@@ -73,6 +73,8 @@ pub struct QuantSpec {
 /// How layers map onto ONNX tensors.
 #[derive(Debug, Clone)]
 pub struct Lowering {
+    /// The model input's tensor (`input`, `input_1`).
+    pub input: String,
     /// Layer (or `input`) -> the ONNX tensor holding its value (`None`: folded away).
     tensor: HashMap<String, Option<String>>,
     /// Batch norm -> the convolution folded into it (that convolution maps to `None` in
@@ -90,14 +92,15 @@ impl Lowering {
         }
         let ops: HashMap<&str, &Op> = g.layers.iter().map(|l| (l.name.as_str(), &l.op)).collect();
         let mut tensor: HashMap<String, Option<String>> = HashMap::new();
-        tensor.insert("input".into(), Some("input".into()));
+        let input = g.task.onnx_input().to_string();
+        tensor.insert("input".into(), Some(input.clone()));
         let mut folded = HashMap::new();
         for l in &g.layers {
             let name = match &l.op {
                 Op::Dropout { .. } => tensor.get(&l.inputs[0]).cloned().flatten(),
                 Op::BatchNorm { .. } if fold_batchnorm => {
                     let src = &l.inputs[0];
-                    if matches!(ops.get(src.as_str()), Some(Op::Conv2d { .. })) && readers.get(src.as_str()) == Some(&1) && *src != g.output {
+                    if matches!(ops.get(src.as_str()), Some(Op::Conv2d { .. })) && readers.get(src.as_str()) == Some(&1) && !g.outputs.contains(src) {
                         folded.insert(l.name.clone(), src.clone());
                         tensor.insert(src.clone(), None);
                     }
@@ -107,14 +110,16 @@ impl Lowering {
             };
             tensor.insert(l.name.clone(), name);
         }
-        // The output layer's own tensor is called `logits` (unless it is an alias).
-        let out_layer = g.layers.iter().find(|l| l.name == g.output);
-        if let Some(l) = out_layer
-            && !matches!(l.op, Op::Dropout { .. })
-        {
-            tensor.insert(l.name.clone(), Some(OUTPUT.into()));
+        // An output layer's own tensor has the output's name (`logits`; unless it is an alias),
+        // except a 2-D classifier output of rank 4, flattened into it at the end.
+        for (o, name) in g.outputs.iter().zip(g.task.onnx_outputs()) {
+            if let Some(l) = g.layers.iter().find(|l| &l.name == o)
+                && !matches!(l.op, Op::Dropout { .. })
+            {
+                tensor.insert(l.name.clone(), Some(name.to_string()));
+            }
         }
-        Lowering { tensor, folded }
+        Lowering { input, tensor, folded }
     }
 
     /// The tensor a layer's value lives in.
@@ -129,7 +134,7 @@ impl Lowering {
     /// `(layer, tensors)`: the ONNX tensors that hold each layer's output in the exported
     /// model (a global average pool has two: the pooled `[N, C, 1, 1]` and the flattened one).
     pub fn observed_tensors(&self, g: &ModelGraph) -> Vec<(Option<usize>, Vec<String>)> {
-        let mut out = vec![(None, vec!["input".to_string()])];
+        let mut out = vec![(None, vec![self.input.clone()])];
         for (i, l) in g.layers.iter().enumerate() {
             if matches!(l.op, Op::Dropout { .. }) || self.is_absorbed(&l.name) {
                 continue;
@@ -329,12 +334,40 @@ pub fn standard_metadata(g: &ModelGraph) -> Vec<(String, String)> {
         "std": g.input.std,
         "formula": "x = (pixel / 255 - mean[c]) / std[c]",
     });
-    vec![
-        ("taoflow.version".into(), env!("CARGO_PKG_VERSION").into()),
+    [
+        ("taoflow.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ("taoflow.arch".into(), g.arch.clone()),
         ("taoflow.classes".into(), serde_json::to_string(&g.classes).expect("strings serialise")),
         ("taoflow.input".into(), input.to_string()),
+        ("taoflow.task".into(), g.task.as_str().into()),
     ]
+    .into_iter()
+    .chain(g.detection.as_ref().map(|d| ("taoflow.detection".to_string(), serde_json::to_string(d).expect("serialises"))))
+    .collect()
+}
+
+/// Each graph output's name and shape (symbolic dims as their names), for reports.
+pub fn output_shapes(m: &pb::ModelProto) -> serde_json::Value {
+    let outs = m.graph.as_ref().map(|g| g.output.as_slice()).unwrap_or(&[]);
+    serde_json::Value::Array(
+        outs.iter()
+            .map(|o| {
+                let dims: Vec<serde_json::Value> = match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                    Some(pb::type_proto::Value::TensorType(t)) => t
+                        .shape
+                        .as_ref()
+                        .map(|s| s.dim.iter().map(|d| match &d.value {
+                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => serde_json::json!(v),
+                            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => serde_json::json!(p),
+                            None => serde_json::Value::Null,
+                        }).collect())
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                serde_json::json!({"name": o.name, "shape": dims})
+            })
+            .collect(),
+    )
 }
 
 /// Lower a model to ONNX. `weights` are by torchvision name, as in `weights.safetensors`.
@@ -354,18 +387,24 @@ pub fn export(g: &ModelGraph, weights: &HashMap<String, WeightData>, opts: &Expo
     // Where each layer's value is read from (input is cast first in an FP16 model).
     let mut src: HashMap<String, String> = HashMap::new();
     let mut rank: HashMap<String, usize> = HashMap::new();
+    let input_name = low.input.clone();
+    let out_names: Vec<String> = g.task.onnx_outputs().iter().map(|s| s.to_string()).collect();
+    if out_names.len() != g.outputs.len() {
+        return Err(format!("a {} model has {} outputs, not {}", g.task.as_str(), out_names.len(), g.outputs.len()));
+    }
     let input_t = if fp16 {
-        b.node("Cast", vec!["input".into()], vec!["input.fp16".into()], vec![attr_int("to", dt(pb::tensor_proto::DataType::Float16) as i64)]);
-        "input.fp16".to_string()
+        let t = format!("{input_name}.fp16");
+        b.node("Cast", vec![input_name.clone()], vec![t.clone()], vec![attr_int("to", dt(pb::tensor_proto::DataType::Float16) as i64)]);
+        t
     } else {
-        "input".to_string()
+        input_name.clone()
     };
     b.produced(&input_t);
     src.insert("input".into(), input_t.clone());
     rank.insert("input".into(), 4);
     let out_name = |l: &str| -> String {
         let t = low.tensor_of(l).unwrap_or(l).to_string();
-        if fp16 && t == OUTPUT { format!("{OUTPUT}.fp16") } else { t }
+        if fp16 && out_names.contains(&t) { format!("{t}.fp16") } else { t }
     };
     let mut clip_bounds: Option<(String, String)> = None;
 
@@ -407,6 +446,11 @@ pub fn export(g: &ModelGraph, weights: &HashMap<String, WeightData>, opts: &Expo
             Op::Relu => {
                 let i = b.read(&x);
                 b.node("Relu", vec![i], vec![out.clone()], vec![]);
+                xr
+            }
+            Op::Sigmoid => {
+                let i = b.read(&x);
+                b.node("Sigmoid", vec![i], vec![out.clone()], vec![]);
                 xr
             }
             Op::Relu6 => {
@@ -499,27 +543,41 @@ pub fn export(g: &ModelGraph, weights: &HashMap<String, WeightData>, opts: &Expo
         rank.insert(l.name.clone(), r);
     }
 
-    // The graph output: `logits`, [batch, classes], float32.
-    let last = src.get(&g.output).cloned().ok_or_else(|| format!("output `{}` is not a layer", g.output))?;
-    let mut last = b.read(&last);
-    if rank[&g.output] == 4 {
-        let flat = format!("{last}.flat");
-        b.node("Flatten", vec![last], vec![flat.clone()], vec![attr_int("axis", 1)]);
-        last = flat;
-    }
-    if fp16 {
-        b.node("Cast", vec![last], vec![OUTPUT.into()], vec![attr_int("to", dt(pb::tensor_proto::DataType::Float) as i64)]);
-    } else if last != OUTPUT {
-        b.node("Identity", vec![last], vec![OUTPUT.into()], vec![]);
-    }
-    let classes = channels.get(&g.output).copied().unwrap_or(0) as i64;
+    // The graph outputs, float32: `logits` [batch, classes] (flattened if the layer is 4-D),
+    // or a detector's maps [batch, C, H/16, W/16] and [batch, 4C, H/16, W/16].
     let (c, h, wd) = (g.input.channels as i64, g.input.height as i64, g.input.width as i64);
+    let mut outputs = Vec::new();
+    for (o, name) in g.outputs.iter().zip(&out_names) {
+        let last = src.get(o).cloned().ok_or_else(|| format!("output `{o}` is not a layer"))?;
+        let mut last = b.read(&last);
+        let ch = channels.get(o).copied().unwrap_or(0) as i64;
+        let dims: Vec<Result<i64, &str>> = match g.task {
+            super::graph::TaskKind::Classification => {
+                if rank[o] == 4 {
+                    let flat = format!("{last}.flat");
+                    b.node("Flatten", vec![last], vec![flat.clone()], vec![attr_int("axis", 1)]);
+                    last = flat;
+                }
+                vec![Err("batch"), Ok(ch)]
+            }
+            super::graph::TaskKind::Detection => {
+                let stride = g.detection.as_ref().map(|d| d.stride).unwrap_or(16) as i64;
+                vec![Err("batch"), Ok(ch), Ok((h + stride - 1) / stride), Ok((wd + stride - 1) / stride)]
+            }
+        };
+        if fp16 {
+            b.node("Cast", vec![last], vec![name.clone()], vec![attr_int("to", dt(pb::tensor_proto::DataType::Float) as i64)]);
+        } else if &last != name {
+            b.node("Identity", vec![last], vec![name.clone()], vec![]);
+        }
+        outputs.push(pb::ValueInfoProto { name: name.clone(), r#type: tensor_type(pb::tensor_proto::DataType::Float, &dims), ..Default::default() });
+    }
     let graph = pb::GraphProto {
         node: b.nodes,
         name: g.arch.clone(),
         initializer: b.inits,
-        input: vec![pb::ValueInfoProto { name: "input".into(), r#type: tensor_type(pb::tensor_proto::DataType::Float, &[Err("batch"), Ok(c), Ok(h), Ok(wd)]), ..Default::default() }],
-        output: vec![pb::ValueInfoProto { name: OUTPUT.into(), r#type: tensor_type(pb::tensor_proto::DataType::Float, &[Err("batch"), Ok(classes)]), ..Default::default() }],
+        input: vec![pb::ValueInfoProto { name: input_name, r#type: tensor_type(pb::tensor_proto::DataType::Float, &[Err("batch"), Ok(c), Ok(h), Ok(wd)]), ..Default::default() }],
+        output: outputs,
         ..Default::default()
     };
     let mut meta = standard_metadata(g);

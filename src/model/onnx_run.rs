@@ -99,8 +99,14 @@ impl OnnxModel {
         Ok(p)
     }
 
-    /// Run `n` normalised NCHW images; returns `[n, outputs]` row-major scores.
+    /// Run `n` normalised NCHW images; returns the first output (`[n, outputs]` row-major
+    /// scores of a classifier).
     pub fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        Ok(self.run_all(images, n)?.swap_remove(0))
+    }
+
+    /// Every output of the model for `n` images, each flat (row-major).
+    pub fn run_all(&self, images: &[f32], n: usize) -> Result<Vec<Vec<f32>>, String> {
         let s = &self.input;
         let shape = [n, s.channels as usize, s.height as usize, s.width as usize];
         if images.len() != shape.iter().product::<usize>() {
@@ -109,9 +115,13 @@ impl OnnxModel {
         let plan = self.plan(n)?;
         let x = Tensor::from_shape(&shape, images).map_err(|e| format!("{e:#}"))?;
         let out = plan.run(tvec!(x.into())).map_err(|e| format!("tract failed to run the model: {e:#}"))?;
-        let t = out[0].cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
-        let v = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
-        Ok(v.iter().copied().collect())
+        out.iter()
+            .map(|o| {
+                let t = o.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
+                let v = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
+                Ok(v.iter().copied().collect())
+            })
+            .collect()
     }
 }
 

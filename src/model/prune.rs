@@ -170,9 +170,12 @@ pub fn spaces(g: &ModelGraph, excluded: &[String]) -> Result<(Vec<Space>, HashMa
             }
         }
     }
-    // The output space (logits) and anything without a convolution producing it stay.
-    if let Some(&s) = layer_space.get(&g.output) {
-        out[s].prunable = false;
+    // The output spaces (logits; a detector's coverage and box heads) and anything without
+    // a convolution producing it stay.
+    for o in &g.outputs {
+        if let Some(&s) = layer_space.get(o) {
+            out[s].prunable = false;
+        }
     }
     for sp in out.iter_mut() {
         if sp.producers.is_empty() {
@@ -489,6 +492,42 @@ mod tests {
             // Residual adds tie their inputs: one decision per space.
             for sp in sps.iter().filter(|s| s.members.iter().any(|m| m.ends_with("add"))) {
                 assert!(sp.producers.len() >= 2 || !sp.prunable, "{}: {sp:?}", g.arch);
+            }
+        }
+    }
+
+    /// A DetectNet_v2 detector: zeroing the removed channels and removing them give the same
+    /// coverage and boxes; the heads keep their C and 4C channels, and their input channels
+    /// follow the pruned backbone.
+    #[test]
+    fn a_detector_prunes_exactly_and_keeps_its_heads() {
+        let device = Default::default();
+        for backbone in ["resnet18", "mobilenet_v2"] {
+            let g = crate::model::builders::detectnet_v2(backbone, 0.5, crate::data::image_io::InputSpec::plain(64, 48, 3), vec!["a".into(), "b".into(), "c".into()]).unwrap();
+            let w = random_weights(&g, 11);
+            let cfg = PruneConfig { norm: Norm::L2, criterion: Criterion::Threshold(0.75), granularity: 2, min_channels: 2, equalization: Equalization::Union, excluded: vec![] };
+            let (sps, ls, keep) = select(&g, &w, &cfg).unwrap();
+            let pg = apply_to_graph(&g, &sps, &ls, &keep).unwrap();
+            pg.validate().unwrap();
+            assert!(pg.param_count() < g.param_count() * 9 / 10, "{backbone}: {} -> {}", g.param_count(), pg.param_count());
+            let pw = apply_to_weights(&g, &ls, &keep, &w).unwrap();
+            let zw = zero_removed(&g, &ls, &keep, &w);
+            let head_in = |g: &ModelGraph, name: &str| match g.layers.iter().find(|l| l.name == name).unwrap().op {
+                Op::Conv2d { in_channels, out_channels, .. } => (in_channels, out_channels),
+                _ => unreachable!(),
+            };
+            let (ci, co) = head_in(&pg, "output_cov");
+            let (bi, bo) = head_in(&pg, "output_bbox");
+            assert_eq!((co, bo), (3, 12), "{backbone}: heads are never pruned");
+            assert!(ci == bi && ci < head_in(&g, "output_cov").0, "{backbone}: the heads' inputs follow the backbone ({ci} of {})", head_in(&g, "output_cov").0);
+            let x: Tensor<B, 4> = Tensor::random([2, 3, 48, 64], Distribution::Normal(0.0, 1.0), &device);
+            let run = |g: &ModelGraph, w: &HashMap<String, WeightData>| crate::model::artifact::build::<B>(g, w, &device).unwrap().forward_outputs(x.clone()).into_iter().map(|t| t.into_data().to_vec::<f32>().unwrap()).collect::<Vec<_>>();
+            let (a, b, full) = (run(&g, &zw), run(&pg, &pw), run(&g, &w));
+            for k in 0..2 {
+                let scale = a[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let err = a[k].iter().zip(&b[k]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / scale;
+                assert!(err <= 1e-5, "{backbone} output {k}: relative difference {err}");
+                assert!(a[k] != full[k], "{backbone}: zeroing must matter");
             }
         }
     }

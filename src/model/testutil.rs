@@ -69,3 +69,12 @@ pub fn graphs() -> Vec<ModelGraph> {
     ]
 }
 
+
+/// Every output of the Burn network for `n` images, each flat.
+pub fn forward_all(g: &ModelGraph, w: &HashMap<String, WeightData>, x: &[f32], n: usize) -> Vec<Vec<f32>> {
+    let device = Default::default();
+    let net = crate::model::artifact::build::<B>(g, w, &device).unwrap();
+    let s = &g.input;
+    let t = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(x.to_vec(), [n, s.channels as usize, s.height as usize, s.width as usize]), &device);
+    net.forward_outputs(t).into_iter().map(|t| t.into_data().to_vec::<f32>().unwrap()).collect()
+}

@@ -16,6 +16,7 @@ use super::graph::ModelGraph;
 use super::net::{BnStats, GraphNet, WeightData};
 use super::optim::{OptimConfig, Optimizer, Schedule};
 use crate::data::loader::{Batch, Dataset, LoaderOptions, OnlineAugment};
+use crate::tasks::{ChunkLoss, Objective};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -33,6 +34,16 @@ pub struct TrainConfig {
     /// Write a checkpoint every N epochs (0: never).
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// A detector's rasteriser and cost settings (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<crate::tasks::detection::train::DetectionTraining>,
+}
+
+impl TrainConfig {
+    /// What training `graph` with these settings minimises.
+    pub fn objective(&self, graph: &ModelGraph) -> Objective {
+        Objective::for_graph(graph, self.label_smoothing, self.detection.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +51,8 @@ pub struct EpochRecord {
     pub epoch: usize,
     pub lr: f64,
     pub train_loss: f64,
-    pub train_accuracy: f64,
+    /// Classification only.
+    pub train_accuracy: Option<f64>,
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
     pub seconds: f64,
@@ -111,45 +123,22 @@ fn source(ds: &Dataset, split: &str, graph: &ModelGraph) -> Result<Source, Strin
     }
 }
 
-/// Smoothed one-hot targets: `1 - eps` on the label, `eps / K` spread over all classes.
-pub fn smoothed_targets(labels: &[u32], classes: usize, eps: f64) -> Vec<f32> {
-    let mut t = vec![(eps / classes as f64) as f32; labels.len() * classes];
-    for (i, l) in labels.iter().enumerate() {
-        t[i * classes + *l as usize] += (1.0 - eps) as f32;
-    }
-    t
-}
-
-fn argmax_hits(logits: &[f32], labels: &[u32], classes: usize) -> usize {
-    logits
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(row, l)| {
-            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (i, v)| if *v > acc.1 { (i, *v) } else { acc }).0;
-            best == **l as usize
-        })
-        .count()
-}
-
 fn to_input<B: Backend>(b: &Batch, graph: &ModelGraph, device: &B::Device) -> Tensor<B, 4> {
     let s = &graph.input;
     Tensor::from_data(TensorData::new(b.images.clone(), [b.len, s.channels as usize, s.height as usize, s.width as usize]), device)
 }
 
-/// Summed cross-entropy, correct predictions and images of a validation split, on the Burn
-/// network in inference mode.
-fn validate_burn<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, batches: &mut dyn Iterator<Item = Result<Batch, String>>, device: &B::Device) -> Result<(f64, usize, usize), String> {
-    let classes = graph.classes.len();
+/// Summed loss (the objective as validation measures it), correct predictions and images
+/// of a validation split, on the Burn network in inference mode.
+fn validate_burn<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, objective: &Objective, batches: &mut dyn Iterator<Item = Result<Batch, String>>, device: &B::Device) -> Result<(f64, usize, usize), String> {
+    let objective = objective.for_validation();
     let (mut loss, mut hits, mut n) = (0.0f64, 0usize, 0usize);
     for b in batches {
         let b = b?;
-        let logits = net.forward(to_input::<B>(&b, graph, device));
-        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
-        let t: Tensor<B, 2> = Tensor::from_data(TensorData::new(smoothed_targets(&b.labels, classes, 0.0), [b.len, classes]), device);
-        let l: f32 = (logp * t).sum().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?[0];
-        loss -= l as f64;
-        let v = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-        hits += argmax_hits(&v, &b.labels, classes);
+        let outs = net.forward_outputs(to_input::<B>(&b, graph, device));
+        let l = objective.loss(outs, &b, 0, b.len, 1)?;
+        loss += l.loss.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
+        hits += l.hits.unwrap_or(0);
         n += b.len;
     }
     Ok((loss, hits, n))
@@ -192,7 +181,7 @@ pub struct BurnEngine<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBacken
     net: Option<GraphNet<B>>,
     opt: Optimizer<B::InnerBackend>,
     graph: ModelGraph,
-    smoothing: f64,
+    objective: Objective,
     /// Threads that run the chunks (the cores, at most 8, or TAOFLOW_TRAIN_THREADS).
     threads: usize,
     /// Chunks per batch, each with its own batch-norm statistics; `None`: [`default_chunks`].
@@ -215,7 +204,7 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> BurnEngine<B> 
         // Threads: the cores (at most 8), or TAOFLOW_TRAIN_THREADS. They only run the chunks;
         // what is computed does not depend on them.
         let threads = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
-        BurnEngine { net: Some(net), opt: Optimizer::new(cfg.optim.clone()), graph: graph.clone(), smoothing: cfg.label_smoothing, threads, chunks: None, device: device.clone() }
+        BurnEngine { net: Some(net), opt: Optimizer::new(cfg.optim.clone()), graph: graph.clone(), objective: cfg.objective(graph), threads, chunks: None, device: device.clone() }
     }
 
     /// Split each batch into `n` chunks instead of [`default_chunks`] (1: whole-batch
@@ -238,9 +227,8 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> BurnEngine<B> 
 
 impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Engine for BurnEngine<B> {
     fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
-        let classes = self.graph.classes.len();
         let chunks = self.chunks.unwrap_or_else(|| default_chunks(b.len));
-        let (l, h, grads, stats) = step_parallel(self.net(), b, &self.graph, classes, self.smoothing, chunks, self.threads, &self.device)?;
+        let (l, h, grads, stats) = step_parallel(self.net(), b, &self.graph, &self.objective, chunks, self.threads, &self.device)?;
         self.opt.begin_step();
         let opt = &mut self.opt;
         let mut net = self.net.take().expect("the network is always put back").update(&grads, &mut |name, kernel, w, g| opt.step(name, kernel, w, g, lr));
@@ -254,7 +242,7 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Engine for Bur
     }
 
     fn validate(&mut self, batches: &mut dyn Iterator<Item = Result<Batch, String>>) -> Result<(f64, usize, usize), String> {
-        validate_burn(&self.net().valid(), &self.graph, batches, &self.device)
+        validate_burn(&self.net().valid(), &self.graph, &self.objective, batches, &self.device)
     }
 
     fn seed(&mut self, seed: u64) {
@@ -294,8 +282,7 @@ fn step_parallel<B: AutodiffBackend + ConvBackend>(
     net: &GraphNet<B>,
     b: &Batch,
     graph: &ModelGraph,
-    classes: usize,
-    smoothing: f64,
+    objective: &Objective,
     chunks: usize,
     threads: usize,
     device: &B::Device,
@@ -308,13 +295,10 @@ fn step_parallel<B: AutodiffBackend + ConvBackend>(
         let n = hi - lo;
         let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(b.images[lo * per..hi * per].to_vec(), [n, s.channels as usize, s.height as usize, s.width as usize]), device);
         let mut stats = Vec::new();
-        let logits = local.forward_train(x, &mut stats);
-        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
-        let t: Tensor<B, 2> = Tensor::from_data(TensorData::new(smoothed_targets(&b.labels[lo..hi], classes, smoothing), [n, classes]), device);
-        let loss = (logp * t).sum().neg() / b.len as f64;
+        let outs = local.forward_train(x, &mut stats);
+        let ChunkLoss { loss, hits } = objective.loss(outs, b, lo, hi, b.len)?;
+        let hits = hits.unwrap_or(0);
         let l = loss.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
-        let v = logits.inner().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-        let hits = argmax_hits(&v, &b.labels[lo..hi], classes);
         let grads = loss.backward();
         let stats = stats.into_iter().map(|st| BnStats { index: st.index, mean: st.mean.inner(), var: st.var.inner(), count: st.count }).collect();
         Ok((l, hits, local.gradients(&grads), stats))
@@ -469,12 +453,17 @@ pub fn train(
     }
 
     engine.plan(total);
+    let has_accuracy = cfg.objective(graph).has_accuracy();
+    let (box_augment, min_box_size) = match &cfg.detection {
+        Some(d) => (d.augment.clone(), d.min_box_size),
+        None => (None, LoaderOptions::default().min_box_size),
+    };
     for epoch in start..cfg.epochs {
         // Dropout draws: seeded by (seed, epoch), so a resumed run starts each epoch from the
         // same generator state (the order of draws across chunk threads may still vary).
         engine.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let t0 = Instant::now();
-        let opts = LoaderOptions { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, epoch: epoch as u64, drop_last, augment: cfg.augment, ..Default::default() };
+        let opts = LoaderOptions { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, epoch: epoch as u64, drop_last, augment: cfg.augment, box_augment: box_augment.clone(), min_box_size, ..Default::default() };
         let mut tally = Tally::default();
         let mut lr = cfg.lr;
         let mut batches_run = 0;
@@ -495,7 +484,11 @@ pub fn train(
                 epochs: cfg.epochs,
                 done: done + 1,
                 total,
-                message: &format!("epoch {}/{} loss {:.4} acc {:.3} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, hits as f64 / seen.max(1) as f64, rate),
+                message: &if has_accuracy {
+                    format!("epoch {}/{} loss {:.4} acc {:.3} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, hits as f64 / seen.max(1) as f64, rate)
+                } else {
+                    format!("epoch {}/{} loss {:.5} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, rate)
+                },
             });
         }
         let finished = engine.flush()?;
@@ -508,12 +501,12 @@ pub fn train(
         let last = epoch + 1 == cfg.epochs;
         let (val_loss, val_accuracy) = match (&cfg.val_split, &val_src) {
             (Some(split), Some(src)) if last || (epoch + 1) % cfg.val_every.max(1) == 0 => {
-                let opts = LoaderOptions { batch_size: cfg.batch_size.max(64), shuffle: false, ..Default::default() };
+                let opts = LoaderOptions { batch_size: cfg.batch_size.max(64), shuffle: false, min_box_size, ..Default::default() };
                 let (l, h, n) = engine.validate(&mut batches(ds, src, split, graph, &opts)?)?;
                 if n == 0 {
                     return Err(TrainError::Failed(format!("the `{split}` split is empty")));
                 }
-                (Some(l / n as f64), Some(h as f64 / n as f64))
+                (Some(l / n as f64), has_accuracy.then(|| h as f64 / n as f64))
             }
             _ => (None, None),
         };
@@ -521,21 +514,22 @@ pub fn train(
             epoch: epoch + 1,
             lr,
             train_loss: loss_sum / seen as f64,
-            train_accuracy: hits as f64 / seen as f64,
+            train_accuracy: has_accuracy.then(|| hits as f64 / seen as f64),
             val_loss,
             val_accuracy,
             seconds: secs,
             images_per_second: seen as f64 / secs.max(1e-9),
         };
         log(&format!(
-            "epoch {}/{}: lr {:.3e}, train loss {:.4}, train acc {:.4}{}, {:.1}s ({:.0} img/s)",
+            "epoch {}/{}: lr {:.3e}, train loss {:.5}{}{}, {:.1}s ({:.0} img/s)",
             rec.epoch,
             cfg.epochs,
             rec.lr,
             rec.train_loss,
-            rec.train_accuracy,
+            rec.train_accuracy.map(|a| format!(", train acc {a:.4}")).unwrap_or_default(),
             match (rec.val_loss, rec.val_accuracy) {
                 (Some(l), Some(a)) => format!(", val loss {l:.4}, val acc {a:.4}"),
+                (Some(l), None) => format!(", val loss {l:.5}"),
                 _ => String::new(),
             },
             rec.seconds,
@@ -607,7 +601,7 @@ mod tests {
         assert_eq!(default_chunks(n), 3);
         assert_eq!((default_chunks(8), default_chunks(32), default_chunks(1000)), (1, 2, 8));
         let step = |chunks: usize, threads: usize| {
-            let (loss, _, grads, stats) = step_parallel(&net, &b, &g, 7, 0.0, chunks, threads, &device).unwrap();
+            let (loss, _, grads, stats) = step_parallel(&net, &b, &g, &crate::tasks::Objective::for_graph(&g, 0.0, None), chunks, threads, &device).unwrap();
             let flat = |t: &Tensor<burn::backend::NdArray<f32>, 1>| t.clone().into_data().to_vec::<f32>().unwrap();
             let mut gs: Vec<(String, Vec<f32>)> = grads.iter().map(|(k, t)| (k.clone(), flat(t))).collect();
             gs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -637,13 +631,5 @@ mod tests {
         // Whole-batch statistics are another computation, which the checks above tell apart.
         let (l, _, s) = step(1, 2);
         assert!(s.len() * 3 == s1.len() && (l - l1).abs() > 1e-4, "one chunk: loss {l} vs {l1}");
-    }
-
-    #[test]
-    fn smoothing_sums_to_one() {
-        let t = smoothed_targets(&[2, 0], 4, 0.1);
-        assert!((t[..4].iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!((t[2] - 0.925).abs() < 1e-6 && (t[0] - 0.025).abs() < 1e-6);
-        assert_eq!(argmax_hits(&[0.0, 1.0, 0.5, 2.0, 0.0, 1.0], &[1, 1], 3), 1);
     }
 }

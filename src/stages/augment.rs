@@ -122,6 +122,75 @@ fn param(f: &mut Fields<'_>, table: &Table, key: &str, lo: f64, hi: f64, default
     }
 }
 
+/// The `spatial`, `color` and `blur` tables of a stage (`augment`, or a detection `train`'s
+/// online augmentation) as an [`AugmentSpec`] with the other fields at their defaults;
+/// problems go to `f.diags`.
+pub fn parse_tables(f: &mut Fields<'_>, stage: &str) -> AugmentSpec {
+        let empty = Table::default();
+        let spatial = f.table("spatial").unwrap_or(&empty);
+        let color = f.table("color").unwrap_or(&empty);
+        let blur = f.table("blur").unwrap_or(&empty);
+        check_keys(f, spatial, SPATIAL, &format!("stages.{stage}.spatial"));
+        check_keys(f, color, COLOR, &format!("stages.{stage}.color"));
+        check_keys(f, blur, BLUR, &format!("stages.{stage}.blur"));
+        let radians = match spatial.get("rotation_units") {
+            None => false,
+            Some(Node { v: V::Str(s), .. }) if s == "degrees" => false,
+            Some(Node { v: V::Str(s), .. }) if s == "radians" => true,
+            Some(n) => {
+                f.diags.push(Diag::error("`rotation_units` must be \"degrees\" or \"radians\"").at(&n.span, "unknown unit"));
+                false
+            }
+        };
+        let (rlo, rhi) = if radians { (-std::f64::consts::PI, std::f64::consts::PI) } else { (-180.0, 180.0) };
+        let rot = param(f, spatial, "rotation", rlo, rhi, 0.0, "rotation");
+        let rotation = if radians {
+            rot
+        } else {
+            match rot {
+                Param::Fixed(v) => Param::Fixed(v.to_radians()),
+                Param::Range(a, b) => Param::Range(a.to_radians(), b.to_radians()),
+            }
+        };
+        let prob = |f: &mut Fields<'_>, key: &str| match param(f, spatial, key, 0.0, 1.0, 0.0, "a probability") {
+            Param::Fixed(v) => v,
+            Param::Range(_, _) => {
+                if let Some(n) = spatial.get(key) {
+                    f.diags.push(Diag::error(format!("`{key}` is a probability, not a range")).at(&n.span, "expected one number in [0, 1]"));
+                }
+                0.0
+            }
+        };
+        let mut spec = AugmentSpec {
+            rotation,
+            shear_x: param(f, spatial, "shear_x", -1.0, 1.0, 0.0, "a shear ratio"),
+            shear_y: param(f, spatial, "shear_y", -1.0, 1.0, 0.0, "a shear ratio"),
+            translate_x: param(f, spatial, "translate_x", -16384.0, 16384.0, 0.0, "a translation in pixels"),
+            translate_y: param(f, spatial, "translate_y", -16384.0, 16384.0, 0.0, "a translation in pixels"),
+            flip_horizontal: prob(f, "flip_horizontal"),
+            flip_vertical: prob(f, "flip_vertical"),
+            zoom: param(f, spatial, "zoom", 0.05, 20.0, 1.0, "a zoom factor"),
+            hue: param(f, color, "hue", -180.0, 180.0, 0.0, "a hue rotation in degrees"),
+            saturation: param(f, color, "saturation", 0.0, 10.0, 1.0, "a saturation factor"),
+            contrast: param(f, color, "contrast", 0.0, 10.0, 1.0, "a contrast factor"),
+            contrast_center: match param(f, color, "contrast_center", 0.0, 255.0, 127.5, "a level") {
+                Param::Fixed(v) => v,
+                Param::Range(a, _) => a,
+            },
+            brightness: param(f, color, "brightness", -255.0, 255.0, 0.0, "an offset in levels"),
+            blur_std: param(f, blur, "std", 0.0, 50.0, 0.0, "a standard deviation in pixels"),
+            blur_size: 5,
+            ..AugmentSpec::default()
+        };
+        if let Some(n) = blur.get("size") {
+            match n.v {
+                V::Int(s) if s >= 1 && s % 2 == 1 && s <= 101 => spec.blur_size = s as u32,
+                _ => f.diags.push(Diag::error("blur `size` must be an odd integer between 1 and 101").at(&n.span, "invalid kernel size")),
+            }
+        }
+        spec
+}
+
 fn check_keys(f: &mut Fields<'_>, table: &Table, known: &[&str], section: &str) {
     for (k, _) in &table.entries {
         if known.contains(&k.name.as_str()) {
@@ -207,73 +276,13 @@ impl StageKind for Augment {
         let min_box_size = f.float("min_box_size").map(|(v, _)| v).unwrap_or(2.0);
         let splits = f.str_list("splits").map(|v| v.into_iter().map(|(s, _)| s).collect()).unwrap_or_else(|| vec!["train".to_string()]);
         let shard_max_mb = f.uint("shard_max_mb").map(|(v, _)| v.max(1)).unwrap_or(256);
-        let empty = Table::default();
-        let spatial = f.table("spatial").unwrap_or(&empty);
-        let color = f.table("color").unwrap_or(&empty);
-        let blur = f.table("blur").unwrap_or(&empty);
-        check_keys(f, spatial, SPATIAL, &format!("stages.{stage}.spatial"));
-        check_keys(f, color, COLOR, &format!("stages.{stage}.color"));
-        check_keys(f, blur, BLUR, &format!("stages.{stage}.blur"));
-        let radians = match spatial.get("rotation_units") {
-            None => false,
-            Some(Node { v: V::Str(s), .. }) if s == "degrees" => false,
-            Some(Node { v: V::Str(s), .. }) if s == "radians" => true,
-            Some(n) => {
-                f.diags.push(Diag::error("`rotation_units` must be \"degrees\" or \"radians\"").at(&n.span, "unknown unit"));
-                false
-            }
-        };
-        let (rlo, rhi) = if radians { (-std::f64::consts::PI, std::f64::consts::PI) } else { (-180.0, 180.0) };
-        let rot = param(f, spatial, "rotation", rlo, rhi, 0.0, "rotation");
-        let rotation = if radians {
-            rot
-        } else {
-            match rot {
-                Param::Fixed(v) => Param::Fixed(v.to_radians()),
-                Param::Range(a, b) => Param::Range(a.to_radians(), b.to_radians()),
-            }
-        };
-        let prob = |f: &mut Fields<'_>, key: &str| match param(f, spatial, key, 0.0, 1.0, 0.0, "a probability") {
-            Param::Fixed(v) => v,
-            Param::Range(_, _) => {
-                if let Some(n) = spatial.get(key) {
-                    f.diags.push(Diag::error(format!("`{key}` is a probability, not a range")).at(&n.span, "expected one number in [0, 1]"));
-                }
-                0.0
-            }
-        };
-        let mut spec = AugmentSpec {
-            rotation,
-            shear_x: param(f, spatial, "shear_x", -1.0, 1.0, 0.0, "a shear ratio"),
-            shear_y: param(f, spatial, "shear_y", -1.0, 1.0, 0.0, "a shear ratio"),
-            translate_x: param(f, spatial, "translate_x", -16384.0, 16384.0, 0.0, "a translation in pixels"),
-            translate_y: param(f, spatial, "translate_y", -16384.0, 16384.0, 0.0, "a translation in pixels"),
-            flip_horizontal: prob(f, "flip_horizontal"),
-            flip_vertical: prob(f, "flip_vertical"),
-            zoom: param(f, spatial, "zoom", 0.05, 20.0, 1.0, "a zoom factor"),
-            hue: param(f, color, "hue", -180.0, 180.0, 0.0, "a hue rotation in degrees"),
-            saturation: param(f, color, "saturation", 0.0, 10.0, 1.0, "a saturation factor"),
-            contrast: param(f, color, "contrast", 0.0, 10.0, 1.0, "a contrast factor"),
-            contrast_center: match param(f, color, "contrast_center", 0.0, 255.0, 127.5, "a level") {
-                Param::Fixed(v) => v,
-                Param::Range(a, _) => a,
-            },
-            brightness: param(f, color, "brightness", -255.0, 255.0, 0.0, "an offset in levels"),
-            blur_std: param(f, blur, "std", 0.0, 50.0, 0.0, "a standard deviation in pixels"),
-            blur_size: 5,
-            output,
-            output_channels,
-            copies,
-            keep_originals,
-            min_box_size,
-            splits,
-        };
-        if let Some(n) = blur.get("size") {
-            match n.v {
-                V::Int(s) if s >= 1 && s % 2 == 1 && s <= 101 => spec.blur_size = s as u32,
-                _ => f.diags.push(Diag::error("blur `size` must be an odd integer between 1 and 101").at(&n.span, "invalid kernel size")),
-            }
-        }
+        let mut spec = parse_tables(f, stage);
+        spec.output = output;
+        spec.output_channels = output_channels;
+        spec.copies = copies;
+        spec.keep_originals = keep_originals;
+        spec.min_box_size = min_box_size;
+        spec.splits = splits;
         if f.diags.0.len() > before {
             return None;
         }

@@ -1,5 +1,7 @@
-//! `evaluate`: a model artifact on a split of a dataset artifact: top-1/top-k accuracy,
-//! per-class precision/recall/F1, the confusion matrix (JSON and PNG).
+//! `evaluate`: a model artifact on a split of a dataset artifact. A classifier: top-1/top-k
+//! accuracy, per-class precision/recall/F1, the confusion matrix (JSON and PNG). A detector:
+//! TAO's per-class AP and mAP and the twelve COCO numbers, per-class table, precision-recall
+//! curves and a picture of predictions against ground truth (`tasks::detection::evaluate`).
 //!
 //! ```toml
 //! [stages.evaluate]
@@ -8,7 +10,13 @@
 //! dataset = "convert"          # a dataset artifact
 //! split = "val"
 //! batch_size = 64
-//! top_k = [1, 5]
+//! top_k = [1, 5]               # classifiers
+//! iou = { car = 0.7 }          # detectors: TAO's metric per class (or one number for all),
+//! min_height = 20              #   likewise max_height, min_width, max_width
+//! ap_mode = "integrate"        #   or "sample" (11-point)
+//! grid = 16                    #   images in predictions.png (0: none)
+//! [stages.evaluate.postprocess] # detectors: the model's post-processing, overridden
+//! coverage_threshold = 0.01
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,19 +33,61 @@ use crate::data::loader::{Dataset, LoaderOptions};
 use crate::diag::Diag;
 use crate::metrics::{classification_report, ClassificationReport};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
+use crate::tasks::detection::postprocess::ClusterConfig;
+use crate::tasks::detection::report::EvalOptions;
+use crate::tasks::detection::settings::{self, PerClass};
 use crate::value::PVal;
 
 #[derive(Debug)]
 pub struct Evaluate;
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DetectionEval {
+    postprocess: PerClass,
+    eval: EvalOptions,
+    grid: Option<usize>,
+    grid_score: Option<f64>,
+}
 
 #[derive(Debug)]
 struct Parsed {
     split: String,
     batch_size: usize,
     top_k: Vec<usize>,
+    detection: DetectionEval,
 }
 
-const KEYS: &[&str] = &["model", "dataset", "split", "batch_size", "top_k"];
+const KEYS: &[&str] = &["model", "dataset", "split", "batch_size", "top_k", "postprocess", "iou", "min_height", "max_height", "min_width", "max_width", "ap_mode", "grid", "grid_score"];
+
+/// `key = 0.5` (every class) or `key = { car = 0.7, pedestrian = 0.5 }` as `[class=]value`
+/// settings.
+fn per_class_numbers(f: &mut Fields<'_>, key: &str) -> Vec<String> {
+    let Some(n) = f.get(key) else { return Vec::new() };
+    let num = |n: &crate::value::Node| match n.v {
+        crate::value::V::Int(i) => Some(i as f64),
+        crate::value::V::Float(x) => Some(x),
+        _ => None,
+    };
+    match &n.v {
+        crate::value::V::Table(t) => {
+            let mut out = Vec::new();
+            for (k, v) in &t.entries {
+                match num(v) {
+                    Some(x) => out.push(format!("{}={x}", k.name)),
+                    None => f.diags.push(crate::config::type_error(&format!("`{key}.{}`", k.name), "a number", v)),
+                }
+            }
+            out
+        }
+        _ => match num(n) {
+            Some(x) => vec![x.to_string()],
+            None => {
+                f.diags.push(crate::config::type_error(&format!("`{key}`"), "a number, or a table of numbers by class", n));
+                Vec::new()
+            }
+        },
+    }
+}
 
 impl StageKind for Evaluate {
     fn name(&self) -> &'static str {
@@ -69,6 +119,23 @@ impl StageKind for Evaluate {
                 _ => f.diags.push(crate::config::type_error("`top_k`", "an array of positive integers", n)),
             }
         }
+        let mut eval = EvalOptions::default();
+        eval.iou = per_class_numbers(f, "iou");
+        eval.min_height = per_class_numbers(f, "min_height");
+        eval.max_height = per_class_numbers(f, "max_height");
+        eval.min_width = per_class_numbers(f, "min_width");
+        eval.max_width = per_class_numbers(f, "max_width");
+        for v in &eval.iou {
+            let x: f64 = v.rsplit('=').next().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+            if !(0.0..=1.0).contains(&x) {
+                let n = f.table.get("iou").expect("read above");
+                f.diags.push(Diag::error(format!("`iou` {v} is outside [0, 1]")).at(&n.span, "an IoU threshold is in [0, 1]"));
+            }
+        }
+        eval.ap_mode = f.get("ap_mode").map(|_| f.choice("ap_mode", &["sample", "integrate"], "integrate"));
+        let grid = f.uint("grid").map(|(v, _)| v as usize);
+        let grid_score = f.float("grid_score").map(|(v, _)| v);
+        let detection = DetectionEval { postprocess: settings::parse::<ClusterConfig>(f, "postprocess", stage, &|c| c.validate()), eval, grid, grid_score };
         if f.diags.0.len() > before {
             return None;
         }
@@ -78,6 +145,9 @@ impl StageKind for Evaluate {
         params.insert("split".into(), PVal::Str(split.clone()));
         params.insert("batch_size".into(), PVal::Int(batch_size as i64));
         params.insert("top_k".into(), PVal::Array(top_k.iter().map(|k| PVal::Int(*k as i64)).collect()));
+        if detection != DetectionEval::default() {
+            params.insert("detection".into(), PVal::from_json(serde_json::to_value(&detection).expect("serialises")));
+        }
         Some(StageDef {
             params,
             inputs: vec![InputDecl { label: "model".into(), raw: model, span: mnode.span.clone() }, InputDecl { label: "dataset".into(), raw: dataset, span: dnode.span.clone() }],
@@ -85,20 +155,27 @@ impl StageKind for Evaluate {
             metrics: Some("evaluation".into()),
             gpus: 0,
             description: None,
-            typed: Arc::new(Parsed { split, batch_size, top_k }),
+            typed: Arc::new(Parsed { split, batch_size, top_k, detection }),
         })
     }
 
     fn run<'a>(&'a self, ctx: &'a RunCtx) -> Pin<Box<dyn Future<Output = Result<Vec<String>, StageError>> + Send + 'a>> {
         Box::pin(async move {
             let p = ctx.def.typed.downcast_ref::<Parsed>().ok_or_else(|| StageError::Failed("internal: evaluate stage data missing".into()))?;
-            let (split, batch, top_k) = (p.split.clone(), p.batch_size, p.top_k.clone());
+            let (split, batch, top_k, det) = (p.split.clone(), p.batch_size, p.top_k.clone(), p.detection.clone());
             let model = ctx.inputs["model"].clone();
             let dataset = ctx.inputs["dataset"].clone();
             let out = ctx.outputs["evaluation"].clone();
             let gpu = ctx.gpus.first().copied();
             let kernel_cache = ctx.kernel_cache.clone();
             tokio::task::spawn_blocking(move || {
+                let task = crate::model::artifact::read_graph(&model).map_err(StageError::Failed)?.task;
+                if task == crate::model::graph::TaskKind::Detection {
+                    return evaluate_detector(&model, &dataset, &split, batch, &det, gpu, Some(&kernel_cache), &out);
+                }
+                if det != DetectionEval::default() {
+                    return Err(StageError::Failed("`postprocess`, `iou`, `min_height`, `max_height`, `min_width`, `max_width`, `ap_mode` and `grid` are for detectors; this model is a classifier".into()));
+                }
                 let (report, ips) = evaluate_on(&model, &dataset, &split, batch, &top_k, gpu, Some(&kernel_cache)).map_err(StageError::Failed)?;
                 let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
                 crate::stages::write_dir_atomically(&out, |tmp| {
@@ -124,8 +201,9 @@ pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: 
     evaluate_on(model, dataset, split, batch, top_k, None, None).map(|(r, _)| r)
 }
 
-/// Logits of a batch (`images` NCHW f32, `n` images), row-major `[n, classes]`.
-type Forward = Box<dyn FnMut(Vec<f32>, usize) -> Result<Vec<f32>, String>>;
+/// The outputs of a batch (`images` NCHW f32, `n` images), each row-major (a classifier's
+/// logits `[n, classes]`; a detector's coverage and boxes).
+type Forward = Box<dyn FnMut(Vec<f32>, usize) -> Result<Vec<Vec<f32>>, String>>;
 
 /// The model's forward pass on the CPU (Burn), or on GPU `gpu` (libtorch, feature `torch`).
 #[cfg_attr(not(feature = "torch"), allow(unused_variables))]
@@ -139,7 +217,7 @@ fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Re
             let net = crate::model::artifact::build::<B>(&graph, &weights, &device)?;
             let f: Forward = Box::new(move |images, n| {
                 let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(images, [n, spec.channels as usize, spec.height as usize, spec.width as usize]), &device);
-                net.forward(x).into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))
+                net.forward_outputs(x).into_iter().map(|t| t.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))).collect()
             });
             Ok((graph, f))
         }
@@ -148,7 +226,7 @@ fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Re
             use crate::model::torch::{Precision, Runtime, TorchNet};
             let rt = Runtime::cuda(g as usize, Precision::Tf32, kernel_cache)?;
             let net = TorchNet::new(&graph, &weights, &|_| false, &rt)?;
-            let f: Forward = Box::new(move |images, n| net.logits(&images, n));
+            let f: Forward = Box::new(move |images, n| net.outputs(&images, n));
             Ok((graph, f))
         }
         #[cfg(not(feature = "torch"))]
@@ -180,7 +258,7 @@ pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_
     for b in ds.stream(split, &spec, &opts).map_err(|e| e.to_string())? {
         let b = b.map_err(|e| e.to_string())?;
         let t0 = std::time::Instant::now();
-        let logits = forward(b.images, b.len)?;
+        let logits = forward(b.images, b.len)?.swap_remove(0);
         forward_secs += t0.elapsed().as_secs_f64();
         if logits.len() != b.len * n_classes {
             return Err(format!("the model has {} outputs, the dataset {n_classes} classes", logits.len() / b.len.max(1)));
@@ -191,6 +269,49 @@ pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_
     let ks: Vec<usize> = top_k.iter().copied().filter(|k| *k <= n_classes).collect();
     let r = classification_report(&y, &scores, &ds.manifest.classes, &ks)?;
     Ok((r, y.len() as f64 / forward_secs.max(1e-9)))
+}
+
+/// A detector on a split, its report written into `out` (atomically).
+#[allow(clippy::too_many_arguments)]
+fn evaluate_detector(model: &Path, dataset: &Path, split: &str, batch: usize, det: &DetectionEval, gpu: Option<u32>, kernel_cache: Option<&Path>, out: &Path) -> Result<Vec<String>, StageError> {
+    let fail = StageError::Failed;
+    let (graph, mut forward) = forward_fn(model, gpu, kernel_cache).map_err(fail)?;
+    let ds = Dataset::open(dataset).map_err(|e| fail(e.to_string()))?;
+    let head = graph.detection.clone().ok_or_else(|| fail("internal: a detector without detection settings".into()))?;
+    let clustering = if det.postprocess.is_empty() {
+        head.clustering.clone()
+    } else {
+        // The stage's keys over the model's own settings.
+        let base = PerClass { all: Default::default(), classes: graph.classes.iter().zip(&head.clustering).map(|(c, k)| (c.clone(), serde_json::to_value(k).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default())).collect() };
+        let mut merged = base;
+        for (_, m) in merged.classes.iter_mut() {
+            m.extend(det.postprocess.all.clone());
+        }
+        for (c, o) in &det.postprocess.classes {
+            match merged.classes.get_mut(c) {
+                Some(m) => m.extend(o.clone()),
+                None => {
+                    merged.classes.insert(c.clone(), o.clone());
+                }
+            }
+        }
+        merged.resolve::<ClusterConfig>(&graph.classes, "postprocess").map_err(fail)?
+    };
+    let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
+    let grid = (det.grid.unwrap_or(16), det.grid_score.unwrap_or(0.3));
+    let (report, ips) = crate::stages::write_dir_atomically(out, |tmp| {
+        let (report, ips) = crate::tasks::detection::evaluate::evaluate_into(&graph, &mut *forward, &ds, split, batch, &clustering, &det.eval, grid, tmp).map_err(fail)?;
+        // The throughput beside the report.
+        let mp = tmp.join("metrics.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&mp).map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
+        v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "threads": rayon::current_num_threads()});
+        v["postprocess"] = serde_json::to_value(&clustering).expect("serialises");
+        crate::store::write_atomic(&mp, &serde_json::to_vec_pretty(&v).expect("serialises")).map_err(|e| fail(e.to_string()))?;
+        Ok((report, ips))
+    })?;
+    let ap50 = report.coco.get("AP50").and_then(|v| v.as_f64()).unwrap_or(-1.0);
+    let ap = report.coco.get("AP").and_then(|v| v.as_f64()).unwrap_or(-1.0);
+    Ok(vec![format!("{} images of `{split}`, {} boxes, {} detections: TAO mAP {:.4}, COCO AP {ap:.4}, AP50 {ap50:.4}; {ips:.0} img/s forward", report.images, report.ground_truth, report.detections, report.tao.map.unwrap_or(0.0))])
 }
 
 /// The row-normalised confusion matrix as a heat map (true classes down, predicted across).

@@ -183,7 +183,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     let low = crate::model::onnx::Lowering::new(&g, true);
     let stats = crate::model::calibrate::collect(&g, &net, &low, &batches, &device)?;
     let mut ranges = crate::model::calibrate::ranges(&stats, cfg.method);
-    ranges.insert("input".into(), crate::model::calibrate::input_range(&g.input));
+    ranges.insert(low.input.clone(), crate::model::calibrate::input_range(&g.input));
     let spec = crate::model::calibrate::quant_spec(&ranges, &low.quantized_tensors(&g), cfg.act_type)?;
     let calib_secs = t0.elapsed().as_secs_f64();
     let meta = vec![
@@ -204,12 +204,12 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         }
         let fp32_bytes = crate::model::onnx::export(&g, &w, &ExportOptions::default(), None)?.encode_to_vec();
         let fp32 = crate::model::onnx_run::OnnxModel::from_bytes(&fp32_bytes, "the FP32 model")?;
-        let (a32, n) = onnx_top1(&fp32, &ds, split, 64)?;
-        let (a8, _) = onnx_top1(&int8, &ds, split, 64)?;
+        let (metric, a32, n) = crate::tasks::onnx_quality(&g, &fp32, &ds, split, 64)?;
+        let (_, a8, _) = crate::tasks::onnx_quality(&g, &int8, &ds, split, 64)?;
         let drop = 100.0 * (a32 - a8);
-        eval = serde_json::json!({"split": split, "samples": n, "runtime": "tract", "fp32_top1": a32, "int8_top1": a8, "top1_drop_points": drop});
-        summary = format!("; top-1 on `{split}` FP32 {a32:.4} -> INT8 {a8:.4} ({:+.2} points)", -drop);
-        drop_points = Some(drop);
+        eval = serde_json::json!({"split": split, "samples": n, "runtime": "tract", "metric": metric, format!("fp32_{metric}"): a32, format!("int8_{metric}"): a8, format!("{metric}_drop_points"): drop});
+        summary = format!("; {metric} on `{split}` FP32 {a32:.4} -> INT8 {a8:.4} ({:+.2} points)", -drop);
+        drop_points = Some((metric, drop));
     }
     let report = serde_json::json!({
         "arch": g.arch,
@@ -222,9 +222,13 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         "trt_cache_header": cache.lines().next(),
         "ranges": ranges,
     });
+    let extras = crate::tasks::export_extras(&g, "model.int8.onnx", Some("calibration.cache"));
     crate::stages::write_dir_atomically(out, |tmp| {
         let fail = |e: std::io::Error| crate::stages::StageError::Failed(format!("cannot write into `{}`: {e}", tmp.display()));
         std::fs::write(tmp.join("model.int8.onnx"), &qdq).map_err(fail)?;
+        for (name, text) in &extras {
+            std::fs::write(tmp.join(name), text).map_err(fail)?;
+        }
         std::fs::write(tmp.join("calibration.cache"), &cache).map_err(fail)?;
         let mut j = serde_json::to_vec_pretty(&report).expect("serialises");
         j.push(b'\n');
@@ -239,9 +243,9 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         spec.activations.len(),
         ranges.len()
     )];
-    if let Some(drop) = drop_points.filter(|d| *d > 1.0) {
+    if let Some((metric, drop)) = drop_points.filter(|d| d.1 > 1.0) {
         lines.push(format!(
-            "warning: the INT8 model loses {drop:.1} points of top-1; try another `method` (minmax, percentile), more `calibration_batches`, or deploy the FP32 export"
+            "warning: the INT8 model loses {drop:.1} points of {metric}; try another `method` (minmax, percentile), more `calibration_batches`, or deploy the FP32 export"
         ));
     }
     Ok(lines)

@@ -33,9 +33,12 @@ use crate::config::Fields;
 use crate::data::image_io::InputSpec;
 use crate::data::loader::{Dataset, OnlineAugment};
 use crate::diag::Diag;
-use crate::model::graph::{ModelGraph, Op};
+use crate::model::graph::{ModelGraph, Op, TaskKind};
 use crate::model::optim::{OptimConfig, OptimKind, Schedule};
 use crate::model::train::{EpochRecord, TrainConfig, TrainError};
+use crate::tasks::detection::postprocess::ClusterConfig;
+use crate::tasks::detection::settings::{self, PerClass};
+use crate::tasks::detection::train::{ClassTraining, DetectionTraining};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
 use crate::value::PVal;
 
@@ -56,9 +59,21 @@ struct ModelSpec {
     freeze_layers: Vec<String>,
 }
 
+/// A detection stage's own settings as written (class names are checked against the dataset
+/// when the stage runs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct DetectionSpec {
+    targets: PerClass,
+    postprocess: PerClass,
+    deadzone_radius: Option<f64>,
+    min_box_size: Option<f64>,
+    augment: Option<crate::data::augment::AugmentSpec>,
+}
+
 #[derive(Debug)]
 struct Parsed {
     model: ModelSpec,
+    detection: Option<DetectionSpec>,
     cfg: TrainConfig,
     val_explicit: bool,
     /// GPU arithmetic (`fp32`, `tf32`, `bf16`); not part of the stage key, like the device.
@@ -68,7 +83,7 @@ struct Parsed {
 const KEYS: &[&str] = &[
     "dataset", "arch", "width", "pretrained", "init", "input_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "l1",
     "schedule", "min_lr", "warmup_epochs", "step_epochs", "gamma", "soft_start", "annealing_start", "label_smoothing", "hflip", "crop_padding", "freeze_blocks", "freeze_layers",
-    "train_split", "val_split", "val_every", "checkpoint_every", "precision",
+    "train_split", "val_split", "val_every", "checkpoint_every", "precision", "targets", "postprocess", "deadzone_radius", "min_box_size", "spatial", "color", "blur",
 ];
 
 impl StageKind for Train {
@@ -220,6 +235,22 @@ impl StageKind for Train {
             None => Some("val".into()),
         };
         let precision = f.choice("precision", &["fp32", "tf32", "bf16"], "tf32");
+        // Detection only (checked against the dataset's task when the stage runs).
+        let mut det = DetectionSpec {
+            targets: settings::parse::<ClassTraining>(f, "targets", stage, &|c| c.validate()),
+            postprocess: settings::parse::<ClusterConfig>(f, "postprocess", stage, &|c| c.validate()),
+            deadzone_radius: unit(f, "deadzone_radius", f64::NAN, 0.0, 1.0).into(),
+            min_box_size: unit(f, "min_box_size", f64::NAN, 0.0, 4096.0).into(),
+            augment: None,
+        };
+        det.deadzone_radius = det.deadzone_radius.filter(|v| !v.is_nan());
+        det.min_box_size = det.min_box_size.filter(|v| !v.is_nan());
+        if ["spatial", "color", "blur"].iter().any(|k| f.table.get(k).is_some()) {
+            let mut a = crate::stages::augment::parse_tables(f, stage);
+            a.min_box_size = 0.0;
+            det.augment = Some(a);
+        }
+        let detection = (det != DetectionSpec::default()).then_some(det);
         if f.diags.0.len() > before {
             return None;
         }
@@ -238,9 +269,13 @@ impl StageKind for Train {
             val_every,
             checkpoint_every,
             seed: 0,
+            detection: None,
         };
         let mut params = BTreeMap::new();
         params.insert("model".into(), PVal::from_json(serde_json::to_value(&model).expect("serialises")));
+        if let Some(d) = &detection {
+            params.insert("detection".into(), PVal::from_json(serde_json::to_value(d).expect("serialises")));
+        }
         params.insert("training".into(), PVal::from_json(serde_json::to_value(&cfg).expect("serialises")));
         let mut inputs = vec![InputDecl { label: "dataset".into(), raw: dataset, span: dnode.span.clone() }];
         if let Some((p, n)) = pretrained {
@@ -256,7 +291,7 @@ impl StageKind for Train {
             metrics: Some("model".into()),
             gpus: 0,
             description: None,
-            typed: Arc::new(Parsed { model, cfg, val_explicit, precision }),
+            typed: Arc::new(Parsed { model, detection, cfg, val_explicit, precision }),
         })
     }
 
@@ -266,6 +301,7 @@ impl StageKind for Train {
             let mut cfg = p.cfg.clone();
             cfg.seed = ctx.seed as u64;
             let model = p.model.clone();
+            let detection = p.detection.clone();
             let val_explicit = p.val_explicit;
             let precision = p.precision.clone();
             let gpus = ctx.gpus.clone();
@@ -285,7 +321,7 @@ impl StageKind for Train {
                         let _ = writeln!(l, "{s}");
                     }
                 };
-                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, cfg, val_explicit, &Where { gpus, precision, kernel_cache }, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
+                let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, detection.as_ref(), cfg, val_explicit, &Where { gpus, precision, kernel_cache }, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
                 if r.is_ok() {
                     let _ = std::fs::remove_dir_all(&ckpt);
                 }
@@ -322,9 +358,23 @@ fn build_graph(spec: &ModelSpec, classes: &[String], input_default: u32) -> Resu
     }
 }
 
+/// A detector for `classes` from `arch` (a backbone) at `input_size` (default 224²), the
+/// input RGB / 255 as TAO's DetectNet_v2 takes it.
+fn build_detector(spec: &ModelSpec, classes: &[String]) -> Result<ModelGraph, String> {
+    let [h, w] = spec.input_size.unwrap_or([224, 224]);
+    let arch = spec.arch.as_deref().ok_or("no architecture given")?;
+    if !crate::model::builders::DETECTNET_BACKBONES.contains(&arch) {
+        return Err(format!("`arch = \"{arch}\"` is not a DetectNet_v2 backbone here\n  = hint: for detection choose {}", crate::model::builders::DETECTNET_BACKBONES.join(", ")));
+    }
+    if h % 16 != 0 || w % 16 != 0 {
+        return Err(format!("a detector's `input_size` must be multiples of 16 pixels; [{h}, {w}] is not\n  = hint: e.g. input_size = [{}, {}]", h.div_ceil(16) * 16, w.div_ceil(16) * 16));
+    }
+    crate::model::builders::detectnet_v2(arch, spec.width, InputSpec::plain(w, h, 3), classes.to_vec())
+}
+
 /// The linear layers that produce the output: replaced when the class count changes.
 fn head_layers(g: &ModelGraph) -> Vec<String> {
-    g.layers.iter().filter(|l| l.name == g.output && matches!(l.op, Op::Linear { .. })).map(|l| l.name.clone()).collect()
+    g.layers.iter().filter(|l| l.name == g.output() && matches!(l.op, Op::Linear { .. })).map(|l| l.name.clone()).collect()
 }
 
 /// Where a training stage runs: the GPUs it leased (none: the CPU) and the GPU precision.
@@ -342,6 +392,7 @@ fn run_training(
     pretrained: Option<&Path>,
     init: Option<&Path>,
     spec: &ModelSpec,
+    det: Option<&DetectionSpec>,
     cfg: TrainConfig,
     val_explicit: bool,
     place: &Where,
@@ -355,8 +406,13 @@ fn run_training(
     let device = Default::default();
     let fail = StageError::Failed;
     let ds = Dataset::open(dataset).map_err(|e| fail(e.to_string()))?;
-    if ds.manifest.task != "classification" {
-        return Err(fail(format!("`train` handles classification datasets for now; this one is `{}`", ds.manifest.task)));
+    let detector = match ds.manifest.task.as_str() {
+        "classification" => false,
+        "detection" => true,
+        other => return Err(fail(format!("`train` handles classification and detection datasets for now; this one is `{other}`"))),
+    };
+    if !detector && det.is_some() {
+        return Err(fail("`targets`, `postprocess`, `deadzone_radius`, `min_box_size` and online `spatial`/`color`/`blur` augmentation are for detection datasets; this one is for classification\n  = hint: remove them, or use `hflip`/`crop_padding`".into()));
     }
     let classes = ds.manifest.classes.clone();
     let mut cfg = cfg;
@@ -386,10 +442,16 @@ fn run_training(
             }
             let w = crate::model::import::read_weights(&dir.join("weights.safetensors")).map_err(fail)?;
             let old_classes = g.classes.len();
+            if (g.task == TaskKind::Detection) != detector {
+                return Err(fail(format!("`init` is a {} model and the dataset is for {}", g.task.as_str(), ds.manifest.task)));
+            }
+            if detector && g.classes != classes {
+                return Err(fail(format!("`init` detects {} and the dataset has {}\n  = hint: retrain a detector on data with the same classes, or train a new one with `arch`", g.classes.join(", "), classes.join(", "))));
+            }
             if g.classes != classes {
                 // New head: resize the output linear layer.
                 for l in g.layers.iter_mut() {
-                    if l.name == g.output
+                    if l.name == g.outputs[0]
                         && let Op::Linear { out_features, .. } = &mut l.op
                     {
                         *out_features = classes.len();
@@ -403,7 +465,7 @@ fn run_training(
             (g, Some(w))
         }
         None => {
-            let g = build_graph(spec, &classes, 224).map_err(fail)?;
+            let g = if detector { build_detector(spec, &classes).map_err(fail)? } else { build_graph(spec, &classes, 224).map_err(fail)? };
             let w = match pretrained {
                 Some(p) => {
                     let file = if p.is_dir() { p.join("weights.safetensors") } else { p.to_path_buf() };
@@ -414,12 +476,44 @@ fn run_training(
             (g, w)
         }
     };
+    let mut graph = graph;
+    if detector {
+        // The detector's settings: post-processing kept in the model, targets and cost for
+        // training.
+        let d = det.cloned().unwrap_or_default();
+        let head = graph.detection.as_mut().ok_or_else(|| fail("internal: a detector without detection settings".into()))?;
+        if !d.postprocess.is_empty() || init.is_none() {
+            head.clustering = d.postprocess.resolve(&classes, "postprocess").map_err(fail)?;
+        }
+        // `retrain` keeps the targets its model was trained with unless the stage gives its own.
+        let inherited = head.targets.clone().filter(|t| t.classes.len() == classes.len());
+        let target_classes = match &inherited {
+            Some(t) if d.targets.is_empty() => t.classes.clone(),
+            _ => d.targets.resolve(&classes, "targets").map_err(fail)?,
+        };
+        let deadzone_radius = d.deadzone_radius.map(|v| v as f32).or(inherited.map(|t| t.deadzone_radius)).unwrap_or(0.4);
+        head.targets = Some(crate::tasks::detection::train::TargetSettings { deadzone_radius, classes: target_classes.clone() });
+        cfg.detection = Some(DetectionTraining { deadzone_radius, classes: target_classes, augment: d.augment.clone(), min_box_size: d.min_box_size.unwrap_or(1.0) });
+    }
+    let graph = graph;
     graph.validate().map_err(fail)?;
     let mut net = crate::model::net::GraphNet::<B>::new(&graph, &device).map_err(fail)?;
+    // A detector's layers that ImageNet weights lack (its heads; ResNet's first-stage
+    // projection, stride 2 here): TAO's initialisation (Glorot-uniform kernels, zero bias).
+    let new_layers = if detector && init.is_none() { crate::model::builders::detectnet_new_layers(&graph) } else { Vec::new() };
+    if !new_layers.is_empty() {
+        let mut w = crate::model::builders::glorot_init(&graph, &new_layers, cfg.seed);
+        if weights.is_none() {
+            // From scratch: Burn's initialisation elsewhere, TAO's on the heads.
+            w.retain(|k, _| new_layers.iter().any(|l| k.starts_with(&format!("{l}."))));
+        }
+        let (n, _) = net.load_weights(&w, &device).map_err(fail)?;
+        net = n;
+    }
     if let Some(mut w) = weights {
         let dropped = crate::model::train::drop_mismatched(&graph, &mut w, &head_layers(&graph)).map_err(fail)?;
         let (n, missing) = net.load_weights(&w, &device).map_err(fail)?;
-        let missing: Vec<String> = missing.into_iter().filter(|m| !dropped.iter().any(|d| m.starts_with(&format!("{d}.")))).collect();
+        let missing: Vec<String> = missing.into_iter().filter(|m| !dropped.iter().chain(&new_layers).any(|d| m.starts_with(&format!("{d}.")))).collect();
         if !missing.is_empty() {
             let shown: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
             return Err(fail(format!(
@@ -432,6 +526,9 @@ fn run_training(
         net = n;
         if !dropped.is_empty() && init.is_none() {
             notes.push(format!("new head `{}` for {} classes", dropped.join("`, `"), classes.len()));
+        }
+        if !new_layers.is_empty() {
+            notes.push(format!("new layers `{}` (Glorot-uniform, zero bias)", new_layers.join("`, `")));
         }
     }
     let frozen = |name: &str| block_of(name).is_some_and(|b| spec.freeze_blocks.contains(&b)) || spec.freeze_layers.iter().any(|p| name == p || name.starts_with(&format!("{p}.")));
@@ -462,7 +559,7 @@ fn run_training(
                     let rt = crate::model::torch::Runtime::cuda(*gpu as usize, precision, Some(&place.kernel_cache)).map_err(fail)?;
                     let weights: std::collections::HashMap<String, crate::model::net::WeightData> = net.export_weights().map_err(fail)?.into_iter().collect();
                     let tnet = crate::model::torch::TorchNet::new(&graph, &weights, &frozen, &rt).map_err(fail)?;
-                    torch_engine = crate::model::torch::TorchEngine::new(tnet, &cfg, precision).map_err(fail)?;
+                    torch_engine = crate::model::torch::TorchEngine::new(tnet, &cfg, precision).map_err(fail)?.with_objective(cfg.objective(&graph));
                     log(&format!("training on cuda:{gpu} ({}) with libtorch, ready in {:.1}s", place.precision, t0.elapsed().as_secs_f64()));
                     notes.push(format!("trained on cuda:{gpu} ({})", place.precision));
                     &mut torch_engine
@@ -511,7 +608,10 @@ fn run_training(
         Ok(())
     })?;
     if let Some(r) = last {
-        let mut s = format!("{} ({} parameters), {} epochs: train loss {:.4}, train acc {:.4}", graph.arch, params, cfg.epochs, r.train_loss, r.train_accuracy);
+        let mut s = format!("{} ({} parameters), {} epochs: train loss {:.4}", graph.arch, params, cfg.epochs, r.train_loss);
+        if let Some(a) = r.train_accuracy {
+            s.push_str(&format!(", train acc {a:.4}"));
+        }
         if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
             s.push_str(&format!(", val loss {l:.4}, val acc {a:.4}"));
         }
@@ -525,7 +625,7 @@ fn history_csv(h: &[EpochRecord]) -> String {
     let mut s = String::from("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,images_per_second\n");
     let o = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
     for r in h {
-        s.push_str(&format!("{},{},{},{},{},{},{},{}\n", r.epoch, r.lr, r.train_loss, r.train_accuracy, o(r.val_loss), o(r.val_accuracy), r.seconds, r.images_per_second));
+        s.push_str(&format!("{},{},{},{},{},{},{},{}\n", r.epoch, r.lr, r.train_loss, o(r.train_accuracy), o(r.val_loss), o(r.val_accuracy), r.seconds, r.images_per_second));
     }
     s
 }

@@ -18,6 +18,7 @@ use super::net::WeightData;
 use super::optim::{OptimConfig, OptimKind};
 use super::train::{Engine, StepDone, TrainConfig};
 use crate::data::loader::Batch;
+use crate::tasks::detection::train::DetectionCost;
 
 mod ffi {
     use super::c_char;
@@ -231,6 +232,7 @@ enum LOp {
     Linear { w: usize, b: Option<usize> },
     Dropout(f64),
     Add,
+    Sigmoid,
 }
 
 struct Param {
@@ -244,7 +246,8 @@ struct Param {
 /// The layer graph over libtorch tensors.
 pub struct TorchNet {
     steps: Vec<(LOp, Vec<usize>)>,
-    output: usize,
+    /// Value indices of the graph's outputs.
+    outputs: Vec<usize>,
     params: Vec<Param>,
     /// Running mean and variance per batch norm, with its weight-name prefix.
     running: Vec<(String, Tensor, Tensor)>,
@@ -405,13 +408,14 @@ impl TorchNet {
                 },
                 Op::Dropout { p } => LOp::Dropout(*p),
                 Op::Add => LOp::Add,
+                Op::Sigmoid => LOp::Sigmoid,
             };
             steps.push((op, ins));
             index.insert(&l.name, i + 1);
         }
-        let output = *index.get(graph.output.as_str()).ok_or_else(|| format!("output `{}` is not a layer", graph.output))?;
+        let outputs = graph.outputs.iter().map(|o| index.get(o.as_str()).copied().ok_or_else(|| format!("output `{o}` is not a layer"))).collect::<Result<Vec<_>, _>>()?;
         let s = &graph.input;
-        Ok(TorchNet { steps, output, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64], dtype: Kind::Float, cudnn_dw_batch: None, fuse_depthwise: true })
+        Ok(TorchNet { steps, outputs, params, running, device, channels_last, input: [s.channels as i64, s.height as i64, s.width as i64], dtype: Kind::Float, cudnn_dw_batch: None, fuse_depthwise: true })
     }
 
     /// Distinct depthwise convolutions (channels, kernel, stride): what cuDNN compiles
@@ -459,16 +463,25 @@ impl TorchNet {
         if self.channels_last { to_channels_last(&x) } else { Ok(x) }
     }
 
-    /// Logits `[n, classes]` (f32; f64 for a double network). `train`: batch statistics (and running-stat updates) in
-    /// batch norms, dropout on.
+    /// Logits `[n, classes]` (f32; f64 for a double network): the first output. `train`:
+    /// batch statistics (and running-stat updates) in batch norms, dropout on.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, String> {
-        self.forward_with(x, train, None)
+        Ok(self.forward_all(x, train, None)?.swap_remove(0))
+    }
+
+    /// Every output of the graph (a detector's coverage and boxes), as [`Self::forward`].
+    pub fn forward_outputs(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>, String> {
+        self.forward_all(x, train, None)
+    }
+
+    fn forward_with(&self, x: &Tensor, train: bool, cache: Option<&InferCache>) -> Result<Tensor, String> {
+        Ok(self.forward_all(x, train, cache)?.swap_remove(0))
     }
 
     /// [`Self::forward`] with the engine's inference cache, if any: its bf16 copies of the
     /// kernels replace the parameters, and its folded batch norms feed the fused depthwise
     /// layers (folded at the call without it).
-    fn forward_with(&self, x: &Tensor, train: bool, cache: Option<&InferCache>) -> Result<Tensor, String> {
+    fn forward_all(&self, x: &Tensor, train: bool, cache: Option<&InferCache>) -> Result<Vec<Tensor>, String> {
         let mut vals: Vec<Option<Tensor>> = Vec::with_capacity(self.steps.len() + 1);
         vals.push(Some(x.shallow_clone()));
         // How many later steps read each value: drop a value after its last reader, as
@@ -479,7 +492,9 @@ impl TorchNet {
                 readers[i] += 1;
             }
         }
-        readers[self.output] += 1;
+        for &o in &self.outputs {
+            readers[o] += 1;
+        }
         let over = cache.and_then(|c| c.kernels.as_deref());
         let p = |i: usize| over.and_then(|o| o[i].as_ref()).unwrap_or(&self.params[i].t);
         // Inference on the GPU: a depthwise convolution read only by an eval-mode batch norm
@@ -567,6 +582,7 @@ impl TorchNet {
                 LOp::Gap => x.f_mean_dim([2i64, 3].as_slice(), false, None::<Kind>).ck()?,
                 LOp::Linear { w, b } => x.f_linear(p(*w), b.map(p)).ck()?,
                 LOp::Dropout(pr) => x.f_dropout(*pr, train).ck()?,
+                LOp::Sigmoid => x.f_sigmoid().ck()?,
                 LOp::Add => {
                     let mut acc = x.f_add(get(1)).ck()?;
                     for k in 2..ins.len() {
@@ -578,8 +594,13 @@ impl TorchNet {
             release(ins, &mut readers, &mut vals);
             vals.push(Some(y));
         }
-        let out = vals[self.output].take().ok_or("the output was dropped")?;
-        if out.kind() == Kind::Double { Ok(out) } else { out.f_to_kind(Kind::Float).ck() }
+        self.outputs
+            .iter()
+            .map(|&o| {
+                let out = vals[o].as_ref().ok_or("the output was dropped")?.shallow_clone();
+                if out.kind() == Kind::Double { Ok(out) } else { out.f_to_kind(Kind::Float).ck() }
+            })
+            .collect()
     }
 
     /// An eval-mode batch norm `bn` (and the bias `conv_b` of the convolution before it)
@@ -641,6 +662,14 @@ impl TorchNet {
         to_vec(&self.forward(&x, false)?)
     }
 
+    /// Every output of the graph for host images, each flat in NCHW order (a detector's
+    /// coverage and boxes).
+    pub fn outputs(&self, images: &[f32], n: usize) -> Result<Vec<Vec<f32>>, String> {
+        let x = self.input(images, n)?;
+        let _g = tch::no_grad_guard();
+        self.forward_outputs(&x, false)?.iter().map(|t| t.f_contiguous().ck().and_then(|t| to_vec(&t))).collect()
+    }
+
     /// Every weight by torchvision name, as f32 (running statistics included).
     pub fn export(&self) -> Result<Vec<(String, WeightData)>, String> {
         let mut out = Vec::new();
@@ -700,6 +729,9 @@ pub struct TorchEngine {
     pub net: TorchNet,
     cfg: OptimConfig,
     smoothing: f64,
+    /// What a step minimises: cross-entropy (`smoothing`) unless [`Self::with_objective`]
+    /// says otherwise.
+    objective: crate::tasks::Objective,
     precision: Precision,
     state: OptState,
     /// Indices of the trainable parameters, kernels (decayed) first; the optimizer state
@@ -761,6 +793,7 @@ impl TorchEngine {
         Ok(TorchEngine {
             cfg: cfg.optim.clone(),
             smoothing: cfg.label_smoothing,
+            objective: crate::tasks::Objective::Classification(crate::tasks::classification::CrossEntropy { classes: 0, smoothing: cfg.label_smoothing }),
             precision,
             state: OptState { m, v, step_t, steps: 0 },
             order,
@@ -773,6 +806,54 @@ impl TorchEngine {
             dw_probe: None,
             dw_switched_at: None,
         })
+    }
+
+    /// Train for `objective` (a detector's cost) instead of cross-entropy.
+    pub fn with_objective(mut self, objective: crate::tasks::Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// A detector's targets for images `lo..hi` of `b` as device tensors: coverage, its
+    /// element weights, boxes, theirs ([`DetectionCost::weighted_targets`]).
+    fn detection_targets(&self, d: &DetectionCost, b: &Batch, denom: usize) -> Result<[Tensor; 4], String> {
+        let (ct, cw, bt, bw) = d.weighted_targets(b, 0, b.len, denom);
+        let (gh, gw) = (d.in_h.div_ceil(d.stride) as i64, d.in_w.div_ceil(d.stride) as i64);
+        let c = d.cost.len() as i64;
+        let n = b.len as i64;
+        let up = |v: Vec<f32>, ch: i64| -> Result<Tensor, String> {
+            let t = Tensor::f_from_slice(&v).ck()?.f_reshape([n, ch, gh, gw]).ck()?;
+            if self.net.device == Device::Cpu { Ok(t) } else { pinned(&t)?.f_to_device_(self.net.device, Kind::Float, true, false).ck() }
+        };
+        Ok([up(ct, c)?, up(cw, c)?, up(bt, 4 * c)?, up(bw, 4 * c)?])
+    }
+
+    /// TAO's cost on the network's outputs ([`crate::tasks::detection::loss`]), in f32.
+    fn detection_loss(outs: &[Tensor], t: &[Tensor; 4]) -> Result<Tensor, String> {
+        let [ct, cw, bt, bw] = t;
+        let cov = outs[0].f_to_kind(Kind::Float).ck()?;
+        let bbox = outs[1].f_to_kind(Kind::Float).ck()?;
+        let pos = cov.f_add_scalar(1e-5).ck()?.f_log().ck()?.f_mul(ct).ck()?;
+        let neg = cov.f_neg().ck()?.f_add_scalar(1.0 + 1e-5).ck()?.f_log().ck()?.f_mul(&ct.f_neg().ck()?.f_add_scalar(1.0).ck()?).ck()?;
+        let bce = pos.f_add(&neg).ck()?.f_neg().ck()?.f_mul(cw).ck()?.f_sum(Kind::Float).ck()?;
+        let l1 = bbox.f_sub(bt).ck()?.f_abs().ck()?.f_mul(bw).ck()?.f_sum(Kind::Float).ck()?;
+        bce.f_add(&l1).ck()
+    }
+
+    /// A detector's training step: forward, TAO's cost, backward, optimizer.
+    fn step_detection(&mut self, d: &DetectionCost, b: &Batch, lr: f64) -> Result<(Tensor, Tensor), String> {
+        self.infer_cache = None;
+        let x = self.net.input(&b.images, b.len)?;
+        self.depthwise_policy(x.size()[0])?;
+        let t = self.detection_targets(d, b, b.len)?;
+        let all: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
+        check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
+        let outs = self.with_autocast(|| self.net.forward_outputs(&x, true))?;
+        let loss = Self::detection_loss(&outs, &t)?;
+        loss.f_backward().ck()?;
+        self.optimizer_step(lr)?;
+        let hits = Tensor::f_zeros(Vec::<i64>::new(), (Kind::Int64, self.net.device)).ck()?;
+        Ok((loss.f_detach().ck()?, hits))
     }
 
     /// bf16 autocast is on: precision bf16 on a GPU (libtorch's CPU path runs f32).
@@ -924,9 +1005,14 @@ impl Engine for TorchEngine {
     }
 
     fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
-        let x = self.net.input(&b.images, b.len)?;
-        let y = self.labels(b)?;
-        let (loss, hits) = self.step_tensors(&x, &y, lr)?;
+        let (loss, hits) = match self.objective.clone() {
+            crate::tasks::Objective::Detection(d) => self.step_detection(&d, b, lr)?,
+            crate::tasks::Objective::Classification(_) => {
+                let x = self.net.input(&b.images, b.len)?;
+                let y = self.labels(b)?;
+                self.step_tensors(&x, &y, lr)?
+            }
+        };
         self.pending.push_back(Pending { loss, hits, images: b.len });
         // Read a step's numbers only when the next one is queued: the GPU never waits for
         // the host.
@@ -946,10 +1032,18 @@ impl Engine for TorchEngine {
         for b in batches {
             let b = b?;
             let x = self.net.input(&b.images, b.len)?;
-            let y = self.labels(&b)?;
-            let logits = self.infer(&x)?;
-            let l = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).ck()?;
-            let h = logits.f_argmax(1, false).and_then(|a| a.f_eq_tensor(&y)).and_then(|e| e.f_sum(Kind::Int64)).ck()?;
+            let (l, h) = if let crate::tasks::Objective::Detection(d) = &self.objective {
+                let t = self.detection_targets(d, &b, 1)?;
+                let _g = tch::no_grad_guard();
+                let outs = self.with_autocast(|| self.net.forward_outputs(&x, false))?;
+                (Self::detection_loss(&outs, &t)?, Tensor::f_zeros(Vec::<i64>::new(), (Kind::Int64, self.net.device)).ck()?)
+            } else {
+                let y = self.labels(&b)?;
+                let logits = self.infer(&x)?;
+                let l = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).ck()?;
+                let h = logits.f_argmax(1, false).and_then(|a| a.f_eq_tensor(&y)).and_then(|e| e.f_sum(Kind::Int64)).ck()?;
+                (l, h)
+            };
             loss = Some(match loss {
                 Some(acc) => acc.f_add(&l).ck()?,
                 None => l.f_to_kind(Kind::Double).ck()?,
@@ -1043,7 +1137,21 @@ mod tests {
 
     fn batch(n: usize, g: &ModelGraph, seed: u64) -> Batch {
         let classes = g.classes.len() as u32;
-        Batch { len: n, images: images(n, g, seed), labels: (0..n as u32).map(|i| (i * 7 + seed as u32) % classes).collect(), keys: vec![String::new(); n], targets: vec![None; n], boxes: vec![Vec::new(); n], masks: vec![None; n] }
+        // A detector's batches carry boxes (one to three an image, some images none).
+        let (w, h) = (g.input.width as f32, g.input.height as f32);
+        let mut rng = crate::data::rng::Rng::new(seed ^ 77);
+        let boxes = (0..n)
+            .map(|i| {
+                (0..(i % 4))
+                    .map(|_| {
+                        let k = rng.below(classes as u64) as u32;
+                        let (x1, y1) = (rng.f64() as f32 * w * 0.6, rng.f64() as f32 * h * 0.6);
+                        crate::data::BoxLabel { class: k.to_string(), class_id: k, bbox: [x1, y1, x1 + 8.0 + rng.f64() as f32 * w * 0.4, y1 + 8.0 + rng.f64() as f32 * h * 0.4] }
+                    })
+                    .collect()
+            })
+            .collect();
+        Batch { len: n, images: images(n, g, seed), labels: (0..n as u32).map(|i| (i * 7 + seed as u32) % classes).collect(), keys: vec![String::new(); n], targets: vec![None; n], boxes, masks: vec![None; n] }
     }
 
     fn rel(a: &[f32], b: &[f32]) -> f32 {
@@ -1081,6 +1189,7 @@ mod tests {
             val_every: 1,
             checkpoint_every: 0,
             seed: 1,
+            detection: None,
         }
     }
 
@@ -1134,7 +1243,7 @@ mod tests {
         let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
         let (net, _) = net.freeze(frozen);
         let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_chunks(1);
-        let mut torch = TorchEngine::new(TorchNet::new(&g, &w, frozen, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap();
+        let mut torch = TorchEngine::new(TorchNet::new(&g, &w, frozen, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap().with_objective(cfg.objective(&g));
         let (mut lb, mut lt) = (Vec::new(), Vec::new());
         for i in 0..2 {
             let b = batch(16, &g, i);
@@ -1192,6 +1301,32 @@ mod tests {
         // parameter-update cosine of 0.9948, which is rounding (a random MobileNetV2 on a batch
         // of 16 is far rougher: BENCHMARKS.md, "Noise floor").
         same_steps_on(&g, OptimKind::Sgd { momentum: 0.9, nesterov: false }, 5e-4, 1e-4, 0.0, &|_| false, 5e-4, 0.99);
+    }
+
+    /// A DetectNet_v2 detector (two outputs, a sigmoid, TAO's cost on targets rasterised from
+    /// each batch's boxes) takes the same steps in both engines, and validates alike.
+    #[test]
+    fn detector_steps_like_burn() {
+        let g = crate::model::builders::detectnet_v2("resnet18", 0.25, crate::data::image_io::InputSpec::plain(96, 64, 3), vec!["a".into(), "b".into()]).unwrap();
+        same_steps_on(&g, OptimKind::Sgd { momentum: 0.9, nesterov: false }, 0.01, 1e-4, 0.0, &|_| false, 1e-4, 0.995);
+        let w = testutil::random_weights(&g, 4);
+        let cfg = config(OptimKind::Sgd { momentum: 0.0, nesterov: false }, 0.0, 0.0, 0.0);
+        let device = Default::default();
+        let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
+        let mut burn = BurnEngine::<B>::new(&g, net, &cfg, &device).with_chunks(1);
+        let mut torch = TorchEngine::new(TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap(), &cfg, Precision::Fp32).unwrap().with_objective(cfg.objective(&g));
+        let (lb, _, nb) = burn.validate(&mut [Ok(batch(6, &g, 1)), Ok(batch(5, &g, 2))].into_iter()).unwrap();
+        let (lt, _, nt) = torch.validate(&mut [Ok(batch(6, &g, 1)), Ok(batch(5, &g, 2))].into_iter()).unwrap();
+        assert_eq!((nb, nt), (11, 11));
+        assert!(lb > 0.0 && ((lt - lb) / lb).abs() < 1e-4, "validation loss {lt} vs {lb}");
+        let net = TorchNet::new(&g, &w, &|_| false, &Runtime::cpu()).unwrap();
+        let x = images(2, &g, 3);
+        let got = net.outputs(&x, 2).unwrap();
+        let want = testutil::forward_all(&g, &w, &x, 2);
+        assert_eq!(got.len(), 2);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(rel(a, b) < 1e-4, "outputs differ by {}", rel(a, b));
+        }
     }
 
     #[test]

@@ -27,10 +27,20 @@ fn thick(img: &mut RgbImage, b: [f32; 4], c: [u8; 3]) {
     crate::data::preview::outline(img, inner, c);
 }
 
+/// Where the pictures of the evaluated images come from.
+#[derive(Debug, Clone)]
+pub enum Images {
+    /// Files under a folder ([`find_image`]).
+    Dir(PathBuf),
+    /// Images in memory by image index, each with the factors from box coordinates to its
+    /// pixels (the `evaluate` stage keeps the model-input-sized images it ran on).
+    Memory(std::collections::HashMap<usize, (RgbImage, [f32; 2])>),
+}
+
 /// Up to `count` images (in evaluation order, those with ground truth or detections first)
 /// in a grid of `cell`-pixel squares, 4 a row. Images that cannot be found or read are
 /// skipped; `Err` when none can.
-pub fn draw(d: &Detections, dir: &Path, count: usize, min_score: f64, cell: u32) -> Result<RgbImage, String> {
+pub fn draw(d: &Detections, images: &Images, count: usize, min_score: f64, cell: u32) -> Result<RgbImage, String> {
     let mut has = vec![false; d.images.len()];
     d.gts.iter().map(|g| g.image).chain(d.dets.iter().map(|t| t.image)).for_each(|i| has[i] = true);
     let busy: Vec<usize> = (0..d.images.len()).filter(|i| has[*i]).chain((0..d.images.len()).filter(|i| !has[*i])).collect();
@@ -40,19 +50,28 @@ pub fn draw(d: &Detections, dir: &Path, count: usize, min_score: f64, cell: u32)
         if cells.len() >= count {
             break;
         }
-        let Some(path) = find_image(dir, &d.images[i]) else {
-            missing.push(d.images[i].clone());
-            continue;
+        let (img, pre) = match images {
+            Images::Dir(dir) => {
+                let Some(path) = find_image(dir, &d.images[i]) else {
+                    missing.push(d.images[i].clone());
+                    continue;
+                };
+                let Ok(img) = image::open(&path) else {
+                    missing.push(path.display().to_string());
+                    continue;
+                };
+                (img.to_rgb8(), [1.0, 1.0])
+            }
+            Images::Memory(m) => match m.get(&i) {
+                Some((img, f)) => (img.clone(), *f),
+                None => continue,
+            },
         };
-        let Ok(img) = image::open(&path) else {
-            missing.push(path.display().to_string());
-            continue;
-        };
-        let img = img.to_rgb8();
         let s = cell as f32 / img.width().max(img.height()) as f32;
         let (w, h) = (((img.width() as f32 * s).round() as u32).max(1), ((img.height() as f32 * s).round() as u32).max(1));
         let mut small = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
-        let sc = |b: &[f64; 4]| [(b[0] as f32) * s, (b[1] as f32) * s, ((b[0] + b[2]) as f32) * s, ((b[1] + b[3]) as f32) * s];
+        let (sx, sy) = (s * pre[0], s * pre[1]);
+        let sc = |b: &[f64; 4]| [(b[0] as f32) * sx, (b[1] as f32) * sy, ((b[0] + b[2]) as f32) * sx, ((b[1] + b[3]) as f32) * sy];
         for g in d.gts.iter().filter(|g| g.image == i) {
             thick(&mut small, sc(&g.bbox), GT);
         }
@@ -62,6 +81,7 @@ pub fn draw(d: &Detections, dir: &Path, count: usize, min_score: f64, cell: u32)
         cells.push(small);
     }
     if cells.is_empty() {
+        let Images::Dir(dir) = images else { return Err("no image to draw".into()) };
         return Err(format!(
             "none of the images was found in `{}` (first looked for: {})\n  = hint: `--images` is the folder the ground truth's file names (COCO) or stems (KITTI) are relative to",
             dir.display(),
@@ -94,7 +114,7 @@ mod tests {
             gts: vec![GtBox { image: 0, class: 0, bbox: [20.0, 20.0, 60.0, 40.0], area: 2400.0, iscrowd: false }],
             dets: vec![DetBox { image: 0, class: 0, bbox: [120.0, 40.0, 40.0, 40.0], score: 0.9 }, DetBox { image: 0, class: 0, bbox: [0.0, 0.0, 10.0, 10.0], score: 0.1 }],
         };
-        let g = draw(&d, dir.path(), 8, 0.5, 100).unwrap();
+        let g = draw(&d, &Images::Dir(dir.path().to_path_buf()), 8, 0.5, 100).unwrap();
         // one cell of 100 px (the image halved), 4 px margins
         assert_eq!(g.dimensions(), (108, 108));
         // ground truth at (10, 10)-(40, 30) in the cell, the 0.9 detection at (60, 20)-(80, 40)
@@ -102,7 +122,7 @@ mod tests {
         assert_eq!(g.get_pixel(4 + 60, 4 + 30).0, DET);
         // the 0.1 detection is below the score: not drawn
         assert_eq!(g.get_pixel(4 + 2, 4 + 4).0, [0, 0, 0]);
-        let e = draw(&Detections { images: vec!["gone".into()], ..d.clone() }, dir.path(), 8, 0.5, 100).unwrap_err();
+        let e = draw(&Detections { images: vec!["gone".into()], ..d.clone() }, &Images::Dir(dir.path().to_path_buf()), 8, 0.5, 100).unwrap_err();
         assert!(e.contains("`gone`"), "{e}");
     }
 }

@@ -15,15 +15,62 @@
 //!   4×4 supersampling, nearer object wins) that turns labels into training targets.
 
 pub mod coco;
+pub mod evaluate;
+pub mod export;
 pub mod grid;
 pub mod io;
 pub mod loss;
 pub mod postprocess;
 pub mod report;
+pub mod settings;
 pub mod tao_ap;
 pub mod targets;
+pub mod train;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// A detector's grid and post-processing, kept in the model artifact (`model.json`'s
+/// `detection`) so that evaluate, infer and export decode it the way it was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionHead {
+    /// Input pixels per grid cell (16).
+    pub stride: usize,
+    /// `objective_set.bbox.scale`: box distances are predicted in units of this many pixels (35).
+    pub bbox_scale: f32,
+    /// `objective_set.bbox.offset`: grid-cell centres sit at `x·stride + offset` (0.5).
+    pub bbox_offset: f32,
+    /// Post-processing per class, in class order.
+    pub clustering: Vec<postprocess::ClusterConfig>,
+    /// The rasteriser and cost it was trained with, which `retrain` keeps unless its stage
+    /// says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<train::TargetSettings>,
+}
+
+impl DetectionHead {
+    /// TAO's defaults for `classes` classes.
+    pub fn detectnet(classes: usize) -> Self {
+        DetectionHead { stride: 16, bbox_scale: 35.0, bbox_offset: 0.5, clustering: vec![postprocess::ClusterConfig::default(); classes], targets: None }
+    }
+
+    pub fn validate(&self, classes: usize) -> Result<(), String> {
+        if self.stride == 0 || !(self.bbox_scale > 0.0 && self.bbox_scale.is_finite()) || !self.bbox_offset.is_finite() {
+            return Err(format!("detection settings: stride {} and bbox_scale {} must be positive", self.stride, self.bbox_scale));
+        }
+        if self.clustering.len() != classes {
+            return Err(format!("detection settings: {} clustering entries for {classes} classes", self.clustering.len()));
+        }
+        for c in &self.clustering {
+            c.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The output grid of an input of `in_w` × `in_h` pixels.
+    pub fn grid(&self, in_w: usize, in_h: usize) -> postprocess::Grid {
+        postprocess::Grid { in_w, in_h, out_w: in_w.div_ceil(self.stride), out_h: in_h.div_ceil(self.stride), scale: self.bbox_scale, offset: self.bbox_offset }
+    }
+}
 
 /// A ground-truth box in COCO's convention: `[x, y, width, height]` in image pixels.
 #[derive(Debug, Clone, PartialEq, Serialize)]

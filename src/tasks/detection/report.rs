@@ -11,7 +11,7 @@ use super::tao_ap::{self, ApMode, ClassEval, TaoReport};
 use super::{Detections, io};
 
 /// TAO's per-class evaluation settings given as `value` (every class) or `class=value`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EvalOptions {
     pub classes: Option<Vec<String>>,
     pub iou: Vec<String>,
@@ -45,7 +45,7 @@ pub struct DetectionReport {
 /// least `min_score`.
 #[derive(Debug, Clone)]
 pub struct GridOptions {
-    pub dir: std::path::PathBuf,
+    pub images: super::grid::Images,
     pub count: usize,
     pub min_score: f64,
 }
@@ -162,7 +162,7 @@ impl DetectionReport {
     pub fn write(&self, dir: &Path, grid: Option<&GridOptions>) -> Result<Vec<std::path::PathBuf>, String> {
         // the picture first: a wrong image folder fails before anything is written
         let picture = match grid {
-            Some(g) => Some(super::grid::draw(self.data.as_ref().expect("evaluated"), &g.dir, g.count, g.min_score, 320)?),
+            Some(g) => Some(super::grid::draw(self.data.as_ref().expect("evaluated"), &g.images, g.count, g.min_score, 320)?),
             None => None,
         };
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
