@@ -17,7 +17,7 @@ fn main() {
         B::seed(&device, 99);
         let x: Tensor<B, 4> = Tensor::random([16, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let mut st = Vec::new();
-        let y = net.forward_train(x, &mut st);
+        let y = net.forward_train(x, &mut st).swap_remove(0);
         let yv = y.clone().into_data().to_vec::<f32>().unwrap();
         let grads = y.powi_scalar(2).sum().backward();
         let gs: Vec<(String, Vec<f32>)> = net.gradients(&grads).into_iter().map(|(n, t)| (n, t.into_data().to_vec::<f32>().unwrap())).collect();
