@@ -42,7 +42,8 @@ class Graph(torch.nn.Module):
         super().__init__()
         g = json.load(open(os.path.join(model_dir, "model.json")))
         w = read_safetensors(os.path.join(model_dir, "weights.safetensors"))
-        self.layers, self.output = g["layers"], g["output"]
+        self.layers = g["layers"]
+        self.outputs = g.get("outputs") or [g["output"]]
         self.params = torch.nn.ParameterDict()
         for k, v in w.items():
             self.params[k.replace(".", "__")] = torch.nn.Parameter(v, requires_grad=False)
@@ -75,6 +76,8 @@ class Graph(torch.nn.Module):
                 y = F.linear(a, self.p(name + ".weight"), self.params.get((name + ".bias").replace(".", "__")))
             elif op == "dropout":
                 y = a
+            elif op == "sigmoid":
+                y = torch.sigmoid(a)
             elif op == "add":
                 y = a
                 for i in l["inputs"][1:]:
@@ -82,7 +85,9 @@ class Graph(torch.nn.Module):
             else:
                 raise ValueError(f"unknown op {op}")
             vals[name] = y
-        y = vals[self.output]
+        if len(self.outputs) > 1:
+            return [vals[o] for o in self.outputs]
+        y = vals[self.outputs[0]]
         return y if y.dim() == 2 else torch.flatten(y, 1)
 
 
