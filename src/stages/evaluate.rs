@@ -278,25 +278,8 @@ fn evaluate_detector(model: &Path, dataset: &Path, split: &str, batch: usize, de
     let (graph, mut forward) = forward_fn(model, gpu, kernel_cache).map_err(fail)?;
     let ds = Dataset::open(dataset).map_err(|e| fail(e.to_string()))?;
     let head = graph.detection.clone().ok_or_else(|| fail("internal: a detector without detection settings".into()))?;
-    let clustering = if det.postprocess.is_empty() {
-        head.clustering.clone()
-    } else {
-        // The stage's keys over the model's own settings.
-        let base = PerClass { all: Default::default(), classes: graph.classes.iter().zip(&head.clustering).map(|(c, k)| (c.clone(), serde_json::to_value(k).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default())).collect() };
-        let mut merged = base;
-        for (_, m) in merged.classes.iter_mut() {
-            m.extend(det.postprocess.all.clone());
-        }
-        for (c, o) in &det.postprocess.classes {
-            match merged.classes.get_mut(c) {
-                Some(m) => m.extend(o.clone()),
-                None => {
-                    merged.classes.insert(c.clone(), o.clone());
-                }
-            }
-        }
-        merged.resolve::<ClusterConfig>(&graph.classes, "postprocess").map_err(fail)?
-    };
+    // The stage's keys over the model's own post-processing.
+    let clustering = det.postprocess.resolve_over(&head.clustering, &graph.classes, "postprocess").map_err(fail)?;
     let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
     let grid = (det.grid.unwrap_or(16), det.grid_score.unwrap_or(0.3));
     let (report, ips) = crate::stages::write_dir_atomically(out, |tmp| {

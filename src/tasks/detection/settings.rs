@@ -98,6 +98,25 @@ impl PerClass {
         classes.iter().map(|c| build::<T>(&[&self.all, self.classes.get(c).unwrap_or(&empty)]).map_err(|e| format!("`{what}.{c}`: {e}"))).collect()
     }
 
+    /// One `T` per class: `base` (the model's own settings), then the shared keys, then the
+    /// class's own.
+    pub fn resolve_over<T: Default + Serialize + DeserializeOwned>(&self, base: &[T], classes: &[String], what: &str) -> Result<Vec<T>, String> {
+        let mut merged = PerClass { all: serde_json::Map::new(), classes: BTreeMap::new() };
+        for (c, b) in classes.iter().zip(base) {
+            let mut m = match serde_json::to_value(b).map_err(|e| e.to_string())? {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            m.extend(self.all.clone());
+            m.extend(self.classes.get(c).cloned().unwrap_or_default());
+            merged.classes.insert(c.clone(), m);
+        }
+        for c in self.classes.keys().filter(|c| !classes.contains(c)) {
+            merged.classes.insert(c.clone(), serde_json::Map::new());
+        }
+        merged.resolve(classes, what)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.all.is_empty() && self.classes.is_empty()
     }
@@ -119,5 +138,11 @@ mod tests {
         assert_eq!(v[0].coverage_threshold, ClusterConfig::default().coverage_threshold);
         let e = p.resolve::<ClusterConfig>(&["a".into(), "c".into()], "postprocess").unwrap_err();
         assert!(e.contains("`postprocess.b` names no class"), "{e}");
+        // over a model's own settings: its values stay where the stage says nothing
+        let base = vec![ClusterConfig { coverage_threshold: 0.3, ..Default::default() }, ClusterConfig { minimum_bounding_box_height: 9.0, ..Default::default() }];
+        let v: Vec<ClusterConfig> = p.resolve_over(&base, &["a".into(), "b".into()], "postprocess").unwrap();
+        assert_eq!((v[0].coverage_threshold, v[0].dbscan_eps), (0.3, 0.3));
+        assert_eq!((v[1].minimum_bounding_box_height, v[1].dbscan_eps, v[1].algorithm), (9.0, 0.1, Clustering::Nms));
+        assert!(p.resolve_over(&base, &["a".into(), "c".into()], "postprocess").is_err());
     }
 }
