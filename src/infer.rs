@@ -42,7 +42,7 @@ pub struct Prediction {
 }
 
 enum Runner {
-    Burn(crate::model::net::GraphNet<burn::backend::NdArray<f32>>),
+    Burn(Box<crate::model::net::GraphNet<burn::backend::NdArray<f32>>>),
     Onnx(Box<crate::model::onnx_run::OnnxModel>),
 }
 
@@ -62,7 +62,7 @@ pub fn load(model: &Path) -> Result<Loaded, String> {
     if model.is_dir() && model.join("model.json").exists() {
         let device = Default::default();
         let (g, net) = crate::model::artifact::load::<burn::backend::NdArray<f32>>(model, &device)?;
-        return Ok(Loaded { runner: Runner::Burn(net), input: g.input.clone(), classes: g.classes.clone(), detection: g.detection.clone(), kind: format!("model artifact ({})", g.arch), notes: vec![] });
+        return Ok(Loaded { runner: Runner::Burn(Box::new(net)), input: g.input.clone(), classes: g.classes.clone(), detection: g.detection.clone(), kind: format!("model artifact ({})", g.arch), notes: vec![] });
     }
     let file: PathBuf = if model.is_dir() {
         let onnx: Vec<PathBuf> = std::fs::read_dir(model)

@@ -314,7 +314,7 @@ pub fn collect<B: super::conv::ConvBackend>(g: &super::graph::ModelGraph, net: &
             };
             feed(&input_names, x);
             let t: Tensor<B, 4> = Tensor::from_data(TensorData::new(x.clone(), [*n, s.channels as usize, s.height as usize, s.width as usize]), device);
-            let _ = net.forward_observe(t, &mut |i, d| feed(&by_layer[i], d));
+            net.forward_observe(t, &mut |i, d| feed(&by_layer[i], d));
         }
     }
     Ok(stats)

@@ -225,7 +225,7 @@ impl ModelGraph {
                     return Err(format!("a detector of {} classes has {} coverage and {} box channels (expected {} and {})", self.classes.len(), nc, nb, self.classes.len(), 4 * self.classes.len()));
                 }
                 d.validate(self.classes.len())?;
-                if self.input.width % d.stride as u32 != 0 || self.input.height % d.stride as u32 != 0 {
+                if !self.input.width.is_multiple_of(d.stride as u32) || !self.input.height.is_multiple_of(d.stride as u32) {
                     return Err(format!("a detector's input must be a multiple of {} pixels; this one is {}x{} (width x height)", d.stride, self.input.width, self.input.height));
                 }
             }

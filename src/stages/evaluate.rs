@@ -119,12 +119,14 @@ impl StageKind for Evaluate {
                 _ => f.diags.push(crate::config::type_error("`top_k`", "an array of positive integers", n)),
             }
         }
-        let mut eval = EvalOptions::default();
-        eval.iou = per_class_numbers(f, "iou");
-        eval.min_height = per_class_numbers(f, "min_height");
-        eval.max_height = per_class_numbers(f, "max_height");
-        eval.min_width = per_class_numbers(f, "min_width");
-        eval.max_width = per_class_numbers(f, "max_width");
+        let mut eval = EvalOptions {
+            iou: per_class_numbers(f, "iou"),
+            min_height: per_class_numbers(f, "min_height"),
+            max_height: per_class_numbers(f, "max_height"),
+            min_width: per_class_numbers(f, "min_width"),
+            max_width: per_class_numbers(f, "max_width"),
+            ..Default::default()
+        };
         for v in &eval.iou {
             let x: f64 = v.rsplit('=').next().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
             if !(0.0..=1.0).contains(&x) {

@@ -119,7 +119,7 @@ pub fn evaluate_into(graph: &ModelGraph, forward: &mut Forward<'_>, ds: &Dataset
     }
     let ips = n as f64 / r.forward_seconds.max(1e-9);
     let report = super::report::evaluate(r.data, eval, Vec::new())?;
-    let g = (grid.0 > 0 && !r.pictures.is_empty()).then(|| GridOptions { images: super::grid::Images::Memory(r.pictures), count: grid.0, min_score: grid.1 });
+    let g = (grid.0 > 0 && !r.pictures.is_empty()).then_some(GridOptions { images: super::grid::Images::Memory(r.pictures), count: grid.0, min_score: grid.1 });
     report.write(dir, g.as_ref())?;
     Ok((report, ips))
 }
