@@ -192,6 +192,18 @@ fn ort(dir: &Path, model: &pb::ModelProto, x: &[f32], shape: [usize; 4], optimiz
     (y, ops)
 }
 
+/// The QDQ export of a model, min-max calibrated on `n` probe images.
+fn qdq(g: &ModelGraph, w: &HashMap<String, WeightData>, n: usize, act: ActType) -> pb::ModelProto {
+    let device = Default::default();
+    let (net, _) = GraphNet::<B>::new(g, &device).unwrap().load_weights(w, &device).unwrap();
+    let low = Lowering::new(g, true);
+    let batches: Vec<(Vec<f32>, usize)> = vec![(taoflow::stages::export::probe_images(n, g.input.len(), 5), n)];
+    let stats = taoflow::model::calibrate::collect(g, &net, &low, &batches, &device).unwrap();
+    let r = taoflow::model::calibrate::ranges(&stats, taoflow::model::calibrate::Method::MinMax);
+    let spec = taoflow::model::calibrate::quant_spec(&r, &low.quantized_tensors(g), act).unwrap();
+    export(g, w, &ExportOptions::default(), Some(&spec)).unwrap()
+}
+
 /// A DetectNet_v2 detector exported with TAO's tensor names (`input_1`,
 /// `output_cov/Sigmoid`, `output_bbox/BiasAdd`) runs in onnxruntime and in tract like the
 /// Burn engine, to 1e-4 on each output, before and after pruning; its QDQ model runs on
@@ -237,15 +249,8 @@ fn onnxruntime_and_tract_run_the_exported_detector_like_burn() {
             assert!(d < 1e-4, "{}: onnxruntime output {k} differs by {d:e}", g.arch);
         }
         // INT8: QDQ on onnxruntime's INT8 kernels, near FP32
-        let device = Default::default();
-        let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
-        let low = Lowering::new(&g, true);
-        assert_eq!(low.input, "input_1");
-        let batches: Vec<(Vec<f32>, usize)> = vec![(taoflow::stages::export::probe_images(8, s.len(), 5), 8)];
-        let stats = taoflow::model::calibrate::collect(&g, &net, &low, &batches, &device).unwrap();
-        let r = taoflow::model::calibrate::ranges(&stats, taoflow::model::calibrate::Method::MinMax);
-        let spec = taoflow::model::calibrate::quant_spec(&r, &low.quantized_tensors(&g), ActType::Int8).unwrap();
-        let q = export(&g, &w, &ExportOptions::default(), Some(&spec)).unwrap();
+        assert_eq!(Lowering::new(&g, true).input, "input_1");
+        let q = qdq(&g, &w, 8, ActType::Int8);
         let (got, ops) = ort(dir.path(), &q, &x, shape, true);
         let ops = ops.unwrap();
         assert!(ops.get("QLinearConv").copied().unwrap_or(0) > 0, "{ops:?}");
@@ -280,14 +285,7 @@ fn onnxruntime_runs_every_exported_architecture_like_burn() {
             assert!(d < 1e-4, "{} ({} params): onnxruntime differs by {d:e}", g.arch, g.param_count());
 
             // The QDQ model runs on onnxruntime's INT8 kernels and stays near FP32.
-            let device = Default::default();
-            let (net, _) = GraphNet::<B>::new(&g, &device).unwrap().load_weights(&w, &device).unwrap();
-            let low = Lowering::new(&g, true);
-            let batches: Vec<(Vec<f32>, usize)> = vec![(taoflow::stages::export::probe_images(16, s.len(), 5), 16)];
-            let stats = taoflow::model::calibrate::collect(&g, &net, &low, &batches, &device).unwrap();
-            let r = taoflow::model::calibrate::ranges(&stats, taoflow::model::calibrate::Method::MinMax);
-            let spec = taoflow::model::calibrate::quant_spec(&r, &low.quantized_tensors(&g), ActType::Uint8).unwrap();
-            let q = export(&g, &w, &ExportOptions::default(), Some(&spec)).unwrap();
+            let q = qdq(&g, &w, 16, ActType::Uint8);
             let (got, ops) = ort(dir.path(), &q, &x, shape, true);
             let ops = ops.unwrap();
             let convs = ops.get("QLinearConv").copied().unwrap_or(0);
