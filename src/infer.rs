@@ -60,9 +60,17 @@ pub struct Loaded {
 /// (an `export` or `quantize` output).
 pub fn load(model: &Path) -> Result<Loaded, String> {
     if model.is_dir() && model.join("model.json").exists() {
+        // Its ONNX export in onnxruntime where that loads (the same computation, faster), else Burn.
+        if crate::model::ort_rt::runtime().is_ok() {
+            let (g, w) = crate::model::artifact::read_raw(model)?;
+            let proto = crate::model::onnx::export(&g, &w, &crate::model::onnx::ExportOptions::default(), None)?;
+            let m = crate::model::onnx_run::OnnxModel::from_bytes_on(&prost::Message::encode_to_vec(&proto), &model.display().to_string(), crate::model::onnx_run::Engine::Onnxruntime)?;
+            let kind = format!("model artifact ({}, {})", g.arch, m.engine());
+            return Ok(Loaded { runner: Runner::Onnx(Box::new(m)), input: g.input.clone(), classes: g.classes.clone(), detection: g.detection.clone(), kind, notes: vec![] });
+        }
         let device = Default::default();
         let (g, net) = crate::model::artifact::load::<burn::backend::NdArray<f32>>(model, &device)?;
-        return Ok(Loaded { runner: Runner::Burn(Box::new(net)), input: g.input.clone(), classes: g.classes.clone(), detection: g.detection.clone(), kind: format!("model artifact ({})", g.arch), notes: vec![] });
+        return Ok(Loaded { runner: Runner::Burn(Box::new(net)), input: g.input.clone(), classes: g.classes.clone(), detection: g.detection.clone(), kind: format!("model artifact ({}, burn-ndarray)", g.arch), notes: vec![] });
     }
     let file: PathBuf = if model.is_dir() {
         let onnx: Vec<PathBuf> = std::fs::read_dir(model)
@@ -90,7 +98,7 @@ pub fn load(model: &Path) -> Result<Loaded, String> {
         Some(j) => Some(serde_json::from_str(j).map_err(|e| format!("`{}`: metadata `taoflow.detection` is invalid: {e}", file.display()))?),
         None => None,
     };
-    Ok(Loaded { input: m.input.clone(), classes: m.classes.clone(), detection, kind: format!("ONNX ({precision}, tract)"), runner: Runner::Onnx(Box::new(m)), notes })
+    Ok(Loaded { input: m.input.clone(), classes: m.classes.clone(), detection, kind: format!("ONNX ({precision}, {})", m.engine()), runner: Runner::Onnx(Box::new(m)), notes })
 }
 
 impl Loaded {

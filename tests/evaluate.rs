@@ -53,3 +53,37 @@ fn evaluate_a_model_artifact() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("the model's classes (a, b, c, d, e) differ from the dataset's (0, 1, 2, 3, 4)"), "{}", text(&out));
 }
+
+/// The CPU inference engine: onnxruntime where it loads (the test command installs it), Burn
+/// with `TAOFLOW_ONNXRUNTIME=off` — the same metrics, each report naming its engine.
+#[test]
+fn onnxruntime_and_burn_evaluate_alike() {
+    let p = Project::new();
+    fixtures::idx(&p.path("mnist"), "train", 80, 8, 8, 5, true);
+    model(&p, "mymodel", &["0", "1", "2", "3", "4"]);
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"t\"\n[stages.convert]\nkind = \"convert\"\nformat = \"idx\"\nsource = \"mnist\"\nval_fraction = 0.5\n[stages.evaluate]\nkind = \"evaluate\"\nmodel = \"mymodel\"\ndataset = \"convert\"\n",
+    );
+    let mut reports = Vec::new();
+    for (setting, store) in [(None, "store-a"), (Some("off"), "store-b")] {
+        let mut c = p.cmd(&["run", "p.toml"]);
+        c.env("TAOFLOW_STORE", p.path(store));
+        match setting {
+            Some(v) => c.env("TAOFLOW_ONNXRUNTIME", v),
+            None => c.env_remove("TAOFLOW_ONNXRUNTIME"),
+        };
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut m: serde_json::Value = serde_json::from_str(&p.read("outputs/t/evaluate/evaluation/metrics.json")).unwrap();
+        let engine = m["inference"]["engine"].as_str().unwrap().to_string();
+        assert!(text(&out).contains(&format!("img/s forward ({engine})")), "{}", text(&out));
+        m.as_object_mut().unwrap().remove("inference");
+        reports.push((engine, m));
+    }
+    assert_eq!(reports[1].0, "burn-ndarray");
+    if std::env::var_os("TAOFLOW_REQUIRE_PYTHON").is_some() {
+        assert!(reports[0].0.starts_with("onnxruntime "), "{}", reports[0].0);
+    }
+    assert_eq!(reports[0].1, reports[1].1, "{} and {} disagree", reports[0].0, reports[1].0);
+}

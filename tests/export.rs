@@ -233,7 +233,7 @@ fn onnxruntime_and_tract_run_the_exported_detector_like_burn() {
         assert_eq!(meta["taoflow.task"], "detection");
         assert!(meta["taoflow.detection"].contains("\"bbox_scale\":35.0"));
         // tract
-        let t = taoflow::model::onnx_run::OnnxModel::from_bytes(&m.encode_to_vec(), "detector").unwrap().run_all(&x, n).unwrap();
+        let t = taoflow::model::onnx_run::OnnxModel::from_bytes_on(&m.encode_to_vec(), "detector", taoflow::model::onnx_run::Engine::Tract).unwrap().run_all(&x, n).unwrap();
         for (k, (a, b)) in t.iter().zip(&want).enumerate() {
             let d = taoflow::stages::export::max_rel_diff(a, b);
             assert!(d < 1e-4, "{}: tract output {k} differs by {d:e}", g.arch);

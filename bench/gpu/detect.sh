@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 . bench/gpu/torch_env.sh
 BIN=$(bash bench/gpu/unpack.sh detect_bench)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-for round in 1 2; do
+for round in $(seq ${ROUNDS:-2}); do
   for prec in tf32 bf16; do
     "$BIN" resnet18 1248 384 16 $prec ${STEPS:-60} | tee -a "$OUT/detect.jsonl"
     $PY bench/gpu/detect_torch.py resnet18 1248 384 16 $prec ${STEPS:-60} | tee -a "$OUT/detect.jsonl"

@@ -280,6 +280,42 @@ pub fn parse_trt_cache(text: &str) -> Result<(String, BTreeMap<String, f32>), St
     Ok((header, m))
 }
 
+/// [`collect`] through the model's ONNX export (`low`'s lowering, batch norms folded) in
+/// onnxruntime, with every observed tensor exposed as an output: the same statistics (up to
+/// float rounding: the parity test below) at onnxruntime's speed.
+pub fn collect_onnx(g: &super::graph::ModelGraph, weights: &std::collections::HashMap<String, super::net::WeightData>, low: &super::onnx::Lowering, batches: &[(Vec<f32>, usize)]) -> Result<BTreeMap<String, TensorStats>, String> {
+    if batches.iter().all(|(_, n)| *n == 0) {
+        return Err("the calibration set is empty".into());
+    }
+    let observed = low.observed_tensors(g);
+    let mut stats: BTreeMap<String, TensorStats> = BTreeMap::new();
+    for n in observed.iter().flat_map(|(_, n)| n) {
+        stats.insert(n.clone(), TensorStats::new());
+    }
+    let inner: Vec<String> = observed.iter().filter(|(l, _)| l.is_some()).flat_map(|(_, n)| n.clone()).collect();
+    let proto = super::onnx::expose(super::onnx::export(g, weights, &super::onnx::ExportOptions::default(), None)?, &inner);
+    let m = super::ort_rt::OrtModel::new(&prost::Message::encode_to_vec(&proto))?;
+    let s = &g.input;
+    for pass in 0..2 {
+        for (x, n) in batches {
+            if *n == 0 {
+                continue;
+            }
+            let mut feed = |name: &str, d: &[f32]| {
+                if let Some(st) = stats.get_mut(name) {
+                    if pass == 0 { st.observe_range(d) } else { st.observe_hist(d) }
+                }
+            };
+            feed(&low.input, x);
+            let outs = m.run(x, &[*n, s.channels as usize, s.height as usize, s.width as usize])?;
+            for (name, d) in m.outputs.iter().zip(&outs) {
+                feed(name, d);
+            }
+        }
+    }
+    Ok(stats)
+}
+
 /// Collect the statistics of every tensor of the exported model (`low`'s names) over
 /// `batches` of normalised NCHW images (values, count), with the Burn forward pass.
 pub fn collect<B: super::conv::ConvBackend>(g: &super::graph::ModelGraph, net: &super::net::GraphNet<B>, low: &super::onnx::Lowering, batches: &[(Vec<f32>, usize)], device: &B::Device) -> Result<BTreeMap<String, TensorStats>, String> {

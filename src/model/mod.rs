@@ -10,6 +10,7 @@ pub mod import;
 pub mod net;
 pub mod onnx;
 pub mod onnx_run;
+pub mod ort_rt;
 pub mod optim;
 pub mod pickle;
 pub mod prune;

@@ -320,6 +320,20 @@ fn tensor_type(elem: pb::tensor_proto::DataType, dims: &[Result<i64, &str>]) -> 
     Some(pb::TypeProto { denotation: String::new(), value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type: dt(elem), shape: Some(pb::TensorShapeProto { dim }) })) })
 }
 
+/// `m` with the float tensors `names` added to the graph's outputs (those not already
+/// there), so a runtime returns them: what calibration observes.
+pub fn expose(mut m: pb::ModelProto, names: &[String]) -> pb::ModelProto {
+    if let Some(g) = m.graph.as_mut() {
+        for n in names {
+            if !g.output.iter().any(|o| &o.name == n) && !g.input.iter().any(|i| &i.name == n) {
+                let r#type = Some(pb::TypeProto { denotation: String::new(), value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type: dt(pb::tensor_proto::DataType::Float), shape: None })) });
+                g.output.push(pb::ValueInfoProto { name: n.clone(), r#type, ..Default::default() });
+            }
+        }
+    }
+    m
+}
+
 /// The input spec and classes as `metadata_props`, which `taoflow infer` reads back.
 pub fn standard_metadata(g: &ModelGraph) -> Vec<(String, String)> {
     let input = serde_json::json!({
@@ -652,7 +666,7 @@ pub fn op_counts(m: &pb::ModelProto) -> BTreeMap<String, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::onnx_run::OnnxModel;
+    use crate::model::onnx_run::{Engine, OnnxModel};
     use crate::model::prune::{Criterion, Equalization, Norm, PruneConfig};
     use crate::model::testutil::{forward, graphs, random_weights};
     use burn::backend::NdArray;
@@ -668,8 +682,14 @@ mod tests {
         (x, t)
     }
 
+    /// `m` on every engine this process has (tract; onnxruntime, required by the test command).
+    fn run_engines(m: &pb::ModelProto, x: &[f32], n: usize) -> Vec<(Engine, Vec<f32>)> {
+        let bytes = m.encode_to_vec();
+        crate::model::onnx_run::available_engines().into_iter().map(|e| (e, OnnxModel::from_bytes_on(&bytes, "test", e).unwrap().run(x, n).unwrap())).collect()
+    }
+
     fn run_onnx(m: &pb::ModelProto, x: &[f32], n: usize) -> Vec<f32> {
-        OnnxModel::from_bytes(&m.encode_to_vec(), "test").unwrap().run(x, n).unwrap()
+        OnnxModel::from_bytes_on(&m.encode_to_vec(), "test", Engine::Tract).unwrap().run(x, n).unwrap()
     }
 
     fn rel(a: &[f32], b: &[f32]) -> f64 {
@@ -683,7 +703,7 @@ mod tests {
         (crate::model::prune::apply_to_graph(g, &sps, &ls, &keep).unwrap(), crate::model::prune::apply_to_weights(g, &ls, &keep, w).unwrap())
     }
 
-    /// Every architecture, pruned too, runs in tract as the Burn forward pass does.
+    /// Every architecture, pruned too, runs in tract and onnxruntime as the Burn forward pass does.
     #[test]
     fn fp32_export_matches_burn_for_every_architecture() {
         for (i, g) in graphs().into_iter().enumerate() {
@@ -695,9 +715,10 @@ mod tests {
                 let want = forward(&g, &w, t);
                 for fold in [true, false] {
                     let m = export(&g, &w, &ExportOptions { fold_batchnorm: fold, ..Default::default() }, None).unwrap();
-                    let got = run_onnx(&m, &x, 3);
-                    let d = rel(&got, &want);
-                    assert!(d < 1e-4, "{} (fold {fold}, {} params): {d:e}", g.arch, g.param_count());
+                    for (engine, got) in run_engines(&m, &x, 3) {
+                        let d = rel(&got, &want);
+                        assert!(d < 1e-4, "{} on {engine:?} (fold {fold}, {} params): {d:e}", g.arch, g.param_count());
+                    }
                 }
             }
         }
@@ -747,6 +768,18 @@ mod tests {
             let low = Lowering::new(g, true);
             let batches: Vec<(Vec<f32>, usize)> = (0..2).map(|k| (crate::stages::export::probe_images(8, g.input.len(), 100 + k), 8)).collect();
             let stats = collect(g, &net, &low, &batches, &device).unwrap();
+            // The same statistics through the ONNX export in onnxruntime.
+            if crate::model::onnx_run::available_engines().contains(&Engine::Onnxruntime) {
+                let via_ort = crate::model::calibrate::collect_onnx(g, &w, &low, &batches).unwrap();
+                assert_eq!(via_ort.keys().collect::<Vec<_>>(), stats.keys().collect::<Vec<_>>());
+                for (k, s) in &stats {
+                    let o = &via_ort[k];
+                    for m in [Method::MinMax, Method::Percentile { percentile: 99.99 }, Method::Entropy] {
+                        let (a, b) = (s.threshold(m), o.threshold(m));
+                        assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-3) + s.amax() / 1024.0, "{} `{k}` {m:?}: Burn {a}, onnxruntime {b}", g.arch);
+                    }
+                }
+            }
             let r = ranges(&stats, Method::MinMax);
             let (x, t) = input(g, 4);
             let want = forward(g, &w, t);
@@ -755,9 +788,10 @@ mod tests {
                 let m = export(g, &w, &ExportOptions::default(), Some(&spec)).unwrap();
                 let ops = op_counts(&m);
                 assert!(ops["QuantizeLinear"] >= spec.activations.len() && ops["DequantizeLinear"] > ops["Conv"], "{ops:?}");
-                let got = run_onnx(&m, &x, 4);
-                let d = rel(&got, &want);
-                assert!(d < 0.25, "{} {at:?}: int8 differs from fp32 by {d}", g.arch);
+                for (engine, got) in run_engines(&m, &x, 4) {
+                    let d = rel(&got, &want);
+                    assert!(d < 0.25, "{} {at:?} on {engine:?}: int8 differs from fp32 by {d}", g.arch);
+                }
             }
             // The cache names every tensor of the FP32 export, and only those.
             let fp32 = export(g, &w, &ExportOptions::default(), None).unwrap();

@@ -1,5 +1,6 @@
-//! Running ONNX models in Rust with tract: `taoflow infer` on exported files, the INT8
-//! accuracy of a QDQ model, and parity tests of the exporter.
+//! Running ONNX models on the CPU: `taoflow infer` on exported files, `evaluate`'s forward
+//! pass, the INT8 accuracy of a QDQ model, calibration, and parity tests of the exporter —
+//! in onnxruntime when it can be loaded ([`super::ort_rt`]), else in tract.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,19 +14,32 @@ use crate::data::image_io::InputSpec;
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// Which engine runs an [`OnnxModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// onnxruntime when it loads and takes the model, else tract.
+    Auto,
+    Tract,
+    Onnxruntime,
+}
+
+enum Exec {
+    Ort(super::ort_rt::OrtModel),
+    Tract { model: Box<InferenceModel>, plans: Mutex<HashMap<usize, Plan>> },
+}
+
 pub struct OnnxModel {
-    model: InferenceModel,
+    exec: Exec,
     pub input: InputSpec,
     pub classes: Vec<String>,
     /// Where the input spec came from: `taoflow.input` metadata, or guessed from the shape.
     pub input_from_metadata: bool,
     pub metadata: HashMap<String, String>,
-    plans: Mutex<HashMap<usize, Plan>>,
 }
 
 impl std::fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxModel").field("input", &self.input).field("classes", &self.classes.len()).finish()
+        f.debug_struct("OnnxModel").field("engine", &self.engine()).field("input", &self.input).field("classes", &self.classes.len()).finish()
     }
 }
 
@@ -50,6 +64,18 @@ fn input_dims(g: &pb::GraphProto) -> Option<(u32, u32, u32)> {
     }
 }
 
+/// The engines this process can run models on: tract, and onnxruntime where it loads. With
+/// `TAOFLOW_REQUIRE_PYTHON` set (the test command), a missing onnxruntime is an error.
+pub fn available_engines() -> Vec<Engine> {
+    match super::ort_rt::runtime() {
+        Ok(_) => vec![Engine::Tract, Engine::Onnxruntime],
+        Err(e) => {
+            assert!(std::env::var_os("TAOFLOW_REQUIRE_PYTHON").is_none(), "onnxruntime is required here (pip install onnxruntime): {e}");
+            vec![Engine::Tract]
+        }
+    }
+}
+
 impl OnnxModel {
     pub fn load(path: &Path) -> Result<OnnxModel, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
@@ -57,6 +83,18 @@ impl OnnxModel {
     }
 
     pub fn from_bytes(bytes: &[u8], what: &str) -> Result<OnnxModel, String> {
+        Self::from_bytes_on(bytes, what, Engine::Auto)
+    }
+
+    /// The engine running this model: `onnxruntime <version>` or `tract`.
+    pub fn engine(&self) -> String {
+        match &self.exec {
+            Exec::Ort(_) => super::ort_rt::describe(),
+            Exec::Tract { .. } => "tract".into(),
+        }
+    }
+
+    pub fn from_bytes_on(bytes: &[u8], what: &str, engine: Engine) -> Result<OnnxModel, String> {
         let not_onnx = |why: String| format!("`{what}` is not an ONNX model: {why}\n  = hint: pass a `.onnx` file written by `taoflow` export/quantize or another ONNX exporter, or a model artifact folder (with model.json)");
         let proto = pb::ModelProto::decode(bytes).map_err(|e| not_onnx(format!("it does not decode as an ONNX protobuf ({e})")))?;
         let Some(graph) = proto.graph.as_ref() else { return Err(not_onnx("it has no graph".into())) };
@@ -78,24 +116,42 @@ impl OnnxModel {
             Some(j) => serde_json::from_str(j).map_err(|e| format!("`{what}`: metadata `taoflow.classes` is invalid: {e}"))?,
             None => Vec::new(),
         };
-        let model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| format!("`{what}`: tract cannot load this ONNX model: {e:#}"))?;
-        Ok(OnnxModel { model, input, classes, input_from_metadata: from_meta, metadata, plans: Mutex::new(HashMap::new()) })
+        let ort = match engine {
+            Engine::Tract => None,
+            Engine::Onnxruntime => Some(super::ort_rt::OrtModel::new(bytes).map_err(|e| format!("`{what}`: {e}"))?),
+            Engine::Auto => match super::ort_rt::runtime() {
+                Ok(_) => match super::ort_rt::OrtModel::new(bytes) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!("`{what}` runs in tract: {e}");
+                        None
+                    }
+                },
+                Err(_) => None,
+            },
+        };
+        let exec = match ort {
+            Some(m) => Exec::Ort(m),
+            None => {
+                let model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| format!("`{what}`: tract cannot load this ONNX model: {e:#}"))?;
+                Exec::Tract { model: Box::new(model), plans: Mutex::new(HashMap::new()) }
+            }
+        };
+        Ok(OnnxModel { exec, input, classes, input_from_metadata: from_meta, metadata })
     }
 
-    fn plan(&self, n: usize) -> Result<Plan, String> {
-        if let Some(p) = self.plans.lock().expect("plan cache").get(&n) {
+    fn plan(model: &InferenceModel, plans: &Mutex<HashMap<usize, Plan>>, shape: [usize; 4]) -> Result<Plan, String> {
+        let n = shape[0];
+        if let Some(p) = plans.lock().expect("plan cache").get(&n) {
             return Ok(p.clone());
         }
-        let s = &self.input;
-        let shape = [n, s.channels as usize, s.height as usize, s.width as usize];
-        let p = self
-            .model
+        let p = model
             .clone()
             .with_input_fact(0, f32::fact(shape).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| format!("tract cannot prepare the model for input {shape:?}: {e:#}"))?;
-        self.plans.lock().expect("plan cache").insert(n, p.clone());
+        plans.lock().expect("plan cache").insert(n, p.clone());
         Ok(p)
     }
 
@@ -112,7 +168,11 @@ impl OnnxModel {
         if images.len() != shape.iter().product::<usize>() {
             return Err(format!("internal: {} values for input {shape:?}", images.len()));
         }
-        let plan = self.plan(n)?;
+        let (model, plans) = match &self.exec {
+            Exec::Ort(m) => return m.run(images, &shape),
+            Exec::Tract { model, plans } => (model, plans),
+        };
+        let plan = Self::plan(model, plans, shape)?;
         let x = Tensor::from_shape(&shape, images).map_err(|e| format!("{e:#}"))?;
         let out = plan.run(tvec!(x.into())).map_err(|e| format!("tract failed to run the model: {e:#}"))?;
         out.iter()

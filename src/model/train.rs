@@ -144,6 +144,32 @@ fn validate_burn<B: ConvBackend>(net: &GraphNet<B>, graph: &ModelGraph, objectiv
     Ok((loss, hits, n))
 }
 
+/// [`validate_burn`] through the network's ONNX export (batch norms folded) in onnxruntime:
+/// the same loss and hits up to float rounding, at onnxruntime's speed (issue #29).
+fn validate_onnx(m: &super::ort_rt::OrtModel, graph: &ModelGraph, objective: &Objective, batches: &mut dyn Iterator<Item = Result<Batch, String>>) -> Result<(f64, usize, usize), String> {
+    type I = burn::backend::NdArray<f32>;
+    let objective = objective.for_validation();
+    let device = Default::default();
+    let s = &graph.input;
+    let (mut loss, mut hits, mut n) = (0.0f64, 0usize, 0usize);
+    for b in batches {
+        let b = b?;
+        let outs = m
+            .run_shaped(&b.images, &[b.len, s.channels as usize, s.height as usize, s.width as usize])?
+            .into_iter()
+            .map(|(mut dims, data)| {
+                dims.resize(4, 1);
+                Tensor::<I, 4>::from_data(TensorData::new(data, [dims[0], dims[1], dims[2], dims[3]]), &device)
+            })
+            .collect();
+        let l = objective.loss(outs, &b, 0, b.len, 1)?;
+        loss += l.loss.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?[0] as f64;
+        hits += l.hits.unwrap_or(0);
+        n += b.len;
+    }
+    Ok((loss, hits, n))
+}
+
 /// A finished training step: mean loss, correct predictions, images.
 #[derive(Debug, Clone, Copy)]
 pub struct StepDone {
@@ -242,6 +268,14 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Engine for Bur
     }
 
     fn validate(&mut self, batches: &mut dyn Iterator<Item = Result<Batch, String>>) -> Result<(f64, usize, usize), String> {
+        // In onnxruntime where it loads (the weights of this epoch, exported), else on Burn.
+        if super::ort_rt::runtime().is_ok() {
+            let w: HashMap<String, WeightData> = self.weights()?.into_iter().collect();
+            match super::onnx::export(&self.graph, &w, &super::onnx::ExportOptions::default(), None).and_then(|p| super::ort_rt::OrtModel::new(&prost::Message::encode_to_vec(&p))) {
+                Ok(m) => return validate_onnx(&m, &self.graph, &self.objective, batches),
+                Err(e) => tracing::warn!("validation runs on Burn: {e}"),
+            }
+        }
         validate_burn(&self.net().valid(), &self.graph, &self.objective, batches, &self.device)
     }
 

@@ -94,8 +94,9 @@ impl StageKind for Evaluate {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        // 2: metrics.json reports the forward pass's throughput (`inference`).
-        2
+        // 2: metrics.json reports the forward pass's throughput (`inference`); 3: and its
+        // engine (onnxruntime on the CPU where it loads).
+        3
     }
     fn keys(&self) -> &'static [&'static str] {
         KEYS
@@ -178,11 +179,11 @@ impl StageKind for Evaluate {
                 if det != DetectionEval::default() {
                     return Err(StageError::Failed("`postprocess`, `iou`, `min_height`, `max_height`, `min_width`, `max_width`, `ap_mode` and `grid` are for detectors; this model is a classifier".into()));
                 }
-                let (report, ips) = evaluate_on(&model, &dataset, &split, batch, &top_k, gpu, Some(&kernel_cache)).map_err(StageError::Failed)?;
+                let (report, ips, engine) = evaluate_on(&model, &dataset, &split, batch, &top_k, gpu, Some(&kernel_cache)).map_err(StageError::Failed)?;
                 let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
                 crate::stages::write_dir_atomically(&out, |tmp| {
                     let mut v = serde_json::to_value(&report).expect("report serialises");
-                    v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "threads": rayon::current_num_threads()});
+                    v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "engine": engine, "threads": rayon::current_num_threads()});
                     let mut j = serde_json::to_vec_pretty(&v).expect("report serialises");
                     j.push(b'\n');
                     std::fs::write(tmp.join("metrics.json"), j).map_err(|e| StageError::Failed(format!("cannot write metrics.json: {e}")))?;
@@ -190,7 +191,7 @@ impl StageKind for Evaluate {
                     Ok(())
                 })?;
                 let tk: Vec<String> = report.top_k.iter().map(|(k, v)| format!("top-{k} {:.4}", v)).collect();
-                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}; {ips:.0} img/s forward", report.samples, tk.join(", "), report.macro_avg.f1)])
+                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}; {ips:.0} img/s forward ({engine})", report.samples, tk.join(", "), report.macro_avg.f1)])
             })
             .await
             .map_err(|e| StageError::Failed(format!("evaluate crashed: {e}")))?
@@ -200,19 +201,27 @@ impl StageKind for Evaluate {
 
 /// Run a model artifact over a dataset split on the CPU and report.
 pub fn evaluate(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize]) -> Result<ClassificationReport, String> {
-    evaluate_on(model, dataset, split, batch, top_k, None, None).map(|(r, _)| r)
+    evaluate_on(model, dataset, split, batch, top_k, None, None).map(|(r, _, _)| r)
 }
 
 /// The outputs of a batch (`images` NCHW f32, `n` images), each row-major (a classifier's
 /// logits `[n, classes]`; a detector's coverage and boxes).
 type Forward = Box<dyn FnMut(Vec<f32>, usize) -> Result<Vec<Vec<f32>>, String>>;
 
-/// The model's forward pass on the CPU (Burn), or on GPU `gpu` (libtorch, feature `torch`).
+/// The model's forward pass on the CPU (its ONNX export in onnxruntime where that loads,
+/// else Burn), or on GPU `gpu` (libtorch, feature `torch`); and the engine's name.
 #[cfg_attr(not(feature = "torch"), allow(unused_variables))]
-fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Result<(crate::model::graph::ModelGraph, Forward), String> {
+fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Result<(crate::model::graph::ModelGraph, Forward, String), String> {
     let (graph, weights) = crate::model::artifact::read_raw(model)?;
     let spec = graph.input.clone();
     match gpu {
+        None if crate::model::ort_rt::runtime().is_ok() => {
+            let proto = crate::model::onnx::export(&graph, &weights, &crate::model::onnx::ExportOptions::default(), None)?;
+            let m = crate::model::ort_rt::OrtModel::new(&prost::Message::encode_to_vec(&proto))?;
+            let shape = [spec.channels as usize, spec.height as usize, spec.width as usize];
+            let f: Forward = Box::new(move |images, n| m.run(&images, &[n, shape[0], shape[1], shape[2]]));
+            Ok((graph, f, crate::model::ort_rt::describe()))
+        }
         None => {
             type B = NdArray<f32>;
             let device = Default::default();
@@ -221,7 +230,7 @@ fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Re
                 let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(images, [n, spec.channels as usize, spec.height as usize, spec.width as usize]), &device);
                 net.forward_outputs(x).into_iter().map(|t| t.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))).collect()
             });
-            Ok((graph, f))
+            Ok((graph, f, "burn-ndarray".into()))
         }
         #[cfg(feature = "torch")]
         Some(g) => {
@@ -229,7 +238,7 @@ fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Re
             let rt = Runtime::cuda(g as usize, Precision::Tf32, kernel_cache)?;
             let net = TorchNet::new(&graph, &weights, &|_| false, &rt)?;
             let f: Forward = Box::new(move |images, n| net.outputs(&images, n));
-            Ok((graph, f))
+            Ok((graph, f, "libtorch".into()))
         }
         #[cfg(not(feature = "torch"))]
         Some(_) => Err(crate::stages::NO_GPU_BUILD.into()),
@@ -237,9 +246,10 @@ fn forward_fn(model: &Path, gpu: Option<u32>, kernel_cache: Option<&Path>) -> Re
 }
 
 /// [`evaluate`] on the CPU (`gpu` None) or on a GPU, with the forward pass's throughput
-/// (images per second, data loading excluded). `kernel_cache`: where our CUDA kernels' PTX is cached.
-pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize], gpu: Option<u32>, kernel_cache: Option<&Path>) -> Result<(ClassificationReport, f64), String> {
-    let (graph, mut forward) = forward_fn(model, gpu, kernel_cache)?;
+/// (images per second, data loading excluded) and the engine that ran it. `kernel_cache`:
+/// where our CUDA kernels' PTX is cached.
+pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_k: &[usize], gpu: Option<u32>, kernel_cache: Option<&Path>) -> Result<(ClassificationReport, f64, String), String> {
+    let (graph, mut forward, engine) = forward_fn(model, gpu, kernel_cache)?;
     let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
     if ds.manifest.task != "classification" {
         return Err(format!("`evaluate` handles classification datasets; this one is `{}`", ds.manifest.task));
@@ -270,14 +280,14 @@ pub fn evaluate_on(model: &Path, dataset: &Path, split: &str, batch: usize, top_
     }
     let ks: Vec<usize> = top_k.iter().copied().filter(|k| *k <= n_classes).collect();
     let r = classification_report(&y, &scores, &ds.manifest.classes, &ks)?;
-    Ok((r, y.len() as f64 / forward_secs.max(1e-9)))
+    Ok((r, y.len() as f64 / forward_secs.max(1e-9), engine))
 }
 
 /// A detector on a split, its report written into `out` (atomically).
 #[allow(clippy::too_many_arguments)]
 fn evaluate_detector(model: &Path, dataset: &Path, split: &str, batch: usize, det: &DetectionEval, gpu: Option<u32>, kernel_cache: Option<&Path>, out: &Path) -> Result<Vec<String>, StageError> {
     let fail = StageError::Failed;
-    let (graph, mut forward) = forward_fn(model, gpu, kernel_cache).map_err(fail)?;
+    let (graph, mut forward, engine) = forward_fn(model, gpu, kernel_cache).map_err(fail)?;
     let ds = Dataset::open(dataset).map_err(|e| fail(e.to_string()))?;
     let head = graph.detection.clone().ok_or_else(|| fail("internal: a detector without detection settings".into()))?;
     // The stage's keys over the model's own post-processing.
@@ -289,14 +299,14 @@ fn evaluate_detector(model: &Path, dataset: &Path, split: &str, batch: usize, de
         // The throughput beside the report.
         let mp = tmp.join("metrics.json");
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&mp).map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
-        v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "threads": rayon::current_num_threads()});
+        v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "engine": engine, "threads": rayon::current_num_threads()});
         v["postprocess"] = serde_json::to_value(&clustering).expect("serialises");
         crate::store::write_atomic(&mp, &serde_json::to_vec_pretty(&v).expect("serialises")).map_err(|e| fail(e.to_string()))?;
         Ok((report, ips))
     })?;
     let ap50 = report.coco.get("AP50").and_then(|v| v.as_f64()).unwrap_or(-1.0);
     let ap = report.coco.get("AP").and_then(|v| v.as_f64()).unwrap_or(-1.0);
-    Ok(vec![format!("{} images of `{split}`, {} boxes, {} detections: TAO mAP {:.4}, COCO AP {ap:.4}, AP50 {ap50:.4}; {ips:.0} img/s forward", report.images, report.ground_truth, report.detections, report.tao.map.unwrap_or(0.0))])
+    Ok(vec![format!("{} images of `{split}`, {} boxes, {} detections: TAO mAP {:.4}, COCO AP {ap:.4}, AP50 {ap50:.4}; {ips:.0} img/s forward ({engine})", report.images, report.ground_truth, report.detections, report.tao.map.unwrap_or(0.0))])
 }
 
 /// The row-normalised confusion matrix as a heat map (true classes down, predicted across).

@@ -117,7 +117,7 @@ pub fn probe_images(n: usize, len: usize, seed: u64) -> Vec<f32> {
 
 /// Run the Burn reference and an ONNX model on the same random images: the largest relative
 /// difference over the outputs (each output relative to its own scale).
-pub fn check_against_burn(g: &ModelGraph, w: &HashMap<String, WeightData>, onnx: &[u8]) -> Result<f64, String> {
+pub fn check_against_burn(g: &ModelGraph, w: &HashMap<String, WeightData>, onnx: &[u8]) -> Result<(f64, String), String> {
     use burn::backend::NdArray;
     use burn::tensor::{Tensor, TensorData};
     type B = NdArray<f32>;
@@ -136,7 +136,7 @@ pub fn check_against_burn(g: &ModelGraph, w: &HashMap<String, WeightData>, onnx:
     if got.len() != want.len() || got.iter().zip(&want).any(|(a, b)| a.len() != b.len()) {
         return Err(format!("the ONNX model's outputs have {:?} values, the model's {:?}", got.iter().map(|v| v.len()).collect::<Vec<_>>(), want.iter().map(|v| v.len()).collect::<Vec<_>>()));
     }
-    Ok(got.iter().zip(&want).map(|(a, b)| max_rel_diff(a, b)).fold(0.0, f64::max))
+    Ok((got.iter().zip(&want).map(|(a, b)| max_rel_diff(a, b)).fold(0.0, f64::max), m.engine()))
 }
 
 pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Vec<String>, String> {
@@ -144,7 +144,7 @@ pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions) -> Result
     let (g, w) = crate::model::artifact::read_raw(model)?;
     let proto = crate::model::onnx::export(&g, &w, opts, None).map_err(|e| format!("cannot export `{}`: {e}", g.arch))?;
     let bytes = proto.encode_to_vec();
-    let diff = check_against_burn(&g, &w, &bytes)?;
+    let (diff, engine) = check_against_burn(&g, &w, &bytes)?;
     let tol = if opts.precision == Precision::Fp16 { 2e-2 } else { 1e-4 };
     if diff > tol {
         return Err(format!("internal: the exported ONNX model differs from the model by {diff:.2e} (relative; allowed {tol:.0e}) on random input — please report this"));
@@ -162,7 +162,7 @@ pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions) -> Result
         "input": {"name": g.task.onnx_input(), "shape": ["batch", g.input.channels, g.input.height, g.input.width]},
         "outputs": crate::model::onnx::output_shapes(&proto),
         "classes": g.classes,
-        "check": {"runtime": "tract", "max_rel_diff_vs_model": diff, "tolerance": tol},
+        "check": {"runtime": engine, "max_rel_diff_vs_model": diff, "tolerance": tol},
     });
     let extras = crate::tasks::export_extras(&g, "model.onnx", None);
     crate::stages::write_dir_atomically(out, |tmp| {
@@ -176,7 +176,7 @@ pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions) -> Result
     })
     .map_err(|e| e.to_string())?;
     Ok(vec![format!(
-        "{} -> ONNX opset {} {:?}: {} nodes, {:.1} MB; tract matches the model to {diff:.1e}",
+        "{} -> ONNX opset {} {:?}: {} nodes, {:.1} MB; {engine} matches the model to {diff:.1e}",
         g.arch,
         opts.opset,
         opts.precision,

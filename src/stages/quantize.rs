@@ -55,7 +55,8 @@ impl StageKind for Quantize {
         "quantize"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the report names the engines of calibration and evaluation (onnxruntime where it loads).
+        2
     }
     fn keys(&self) -> &'static [&'static str] {
         KEYS
@@ -158,7 +159,6 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     type B = NdArray<f32>;
     let device = Default::default();
     let (g, w) = crate::model::artifact::read_raw(model)?;
-    let net = crate::model::artifact::build::<B>(&g, &w, &device)?;
     let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
     if !g.classes.is_empty() && ds.manifest.task == "classification" && g.classes != ds.manifest.classes {
         return Err(format!("the model's classes ({}) differ from the dataset's ({})", g.classes.join(", "), ds.manifest.classes.join(", ")));
@@ -181,7 +181,13 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     let images: usize = batches.iter().map(|(_, n)| n).sum();
     let t0 = std::time::Instant::now();
     let low = crate::model::onnx::Lowering::new(&g, true);
-    let stats = crate::model::calibrate::collect(&g, &net, &low, &batches, &device)?;
+    // The observed tensors through onnxruntime where it loads, else the Burn forward pass.
+    let (stats, calib_engine) = if crate::model::ort_rt::runtime().is_ok() {
+        (crate::model::calibrate::collect_onnx(&g, &w, &low, &batches)?, crate::model::ort_rt::describe())
+    } else {
+        let net = crate::model::artifact::build::<B>(&g, &w, &device)?;
+        (crate::model::calibrate::collect(&g, &net, &low, &batches, &device)?, "burn-ndarray".to_string())
+    };
     let mut ranges = crate::model::calibrate::ranges(&stats, cfg.method);
     ranges.insert(low.input.clone(), crate::model::calibrate::input_range(&g.input));
     let spec = crate::model::calibrate::quant_spec(&ranges, &low.quantized_tensors(&g), cfg.act_type)?;
@@ -193,7 +199,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     let qdq = crate::model::onnx::export(&g, &w, &opts, Some(&spec)).map_err(|e| format!("cannot export `{}`: {e}", g.arch))?.encode_to_vec();
     let cache = crate::model::calibrate::trt_cache(&ranges, &cfg.trt_version);
 
-    // FP32 vs INT8, both through tract, on the evaluation split.
+    // FP32 vs INT8, both in onnxruntime (or both in tract), on the evaluation split.
     let int8 = crate::model::onnx_run::OnnxModel::from_bytes(&qdq, "the QDQ model")?;
     let mut eval = serde_json::Value::Null;
     let mut summary = String::new();
@@ -207,7 +213,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         let (metric, a32, n) = crate::tasks::onnx_quality(&g, &fp32, &ds, split, 64)?;
         let (_, a8, _) = crate::tasks::onnx_quality(&g, &int8, &ds, split, 64)?;
         let drop = 100.0 * (a32 - a8);
-        eval = serde_json::json!({"split": split, "samples": n, "runtime": "tract", "metric": metric, format!("fp32_{metric}"): a32, format!("int8_{metric}"): a8, format!("{metric}_drop_points"): drop});
+        eval = serde_json::json!({"split": split, "samples": n, "runtime": if fp32.engine() == int8.engine() { fp32.engine() } else { format!("FP32 {}, INT8 {}", fp32.engine(), int8.engine()) }, "metric": metric, format!("fp32_{metric}"): a32, format!("int8_{metric}"): a8, format!("{metric}_drop_points"): drop});
         summary = format!("; {metric} on `{split}` FP32 {a32:.4} -> INT8 {a8:.4} ({:+.2} points)", -drop);
         drop_points = Some((metric, drop));
     }
@@ -215,7 +221,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         "arch": g.arch,
         "method": cfg.method,
         "activation_type": cfg.act_type,
-        "calibration": {"split": cfg.calibration_split, "images": images, "batches": batches.len(), "seconds": calib_secs},
+        "calibration": {"split": cfg.calibration_split, "images": images, "batches": batches.len(), "seconds": calib_secs, "engine": calib_engine},
         "evaluation": eval,
         "quantized_tensors": spec.activations.len(),
         "cache_tensors": ranges.len(),
