@@ -1,5 +1,5 @@
 //! CPU speed of taoflow's engines (issue #29; `bench/cpu.sh` runs it beside PyTorch):
-//! `cargo run --release --example cpu_bench -- ARCH SIZE [SECONDS]`. Prints one JSON object per
+//! `cargo run --release --example cpu_bench -- ARCH SIZE [SECONDS] [infer,train]`. Prints one JSON object per
 //! line: inference img/s at batch 1 and 64 on the CPU inference engine (the model's ONNX
 //! export in onnxruntime where it loads, as `evaluate`/`infer`/`quantize` run it) and on the
 //! Burn forward pass, and training img/s at batch 32 (the `train` stage's Burn engine: SGD
@@ -41,6 +41,7 @@ fn main() {
     let arch = a.get(1).map(String::as_str).unwrap_or("mobilenet_v2");
     let size: u32 = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
     let secs: f64 = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let modes = a.get(4).map(String::as_str).unwrap_or("infer,train");
     let g = taoflow::model::builders::by_name(arch, 1.0, InputSpec::imagenet(size, size), (0..10).map(|i| format!("c{i}")).collect()).expect("arch");
     let device = Default::default();
     let net = GraphNet::<A>::new(&g, &device).unwrap();
@@ -55,7 +56,7 @@ fn main() {
     let proto = taoflow::model::onnx::export(&g, &w, &Default::default(), None).unwrap();
     let onnx = taoflow::model::onnx_run::OnnxModel::from_bytes(&prost::Message::encode_to_vec(&proto), arch).unwrap();
     let valid = net.valid();
-    for batch in [1usize, 64] {
+    for batch in [1usize, 64].into_iter().filter(|_| modes.contains("infer")) {
         let x = images(&g, batch);
         let ips = rate(batch, secs, || {
             onnx.run_all(&x, batch).unwrap();
@@ -68,6 +69,9 @@ fn main() {
         emit("burn-ndarray", "infer", batch, ips);
     }
 
+    if !modes.contains("train") {
+        return;
+    }
     // Training: the train stage's Burn engine, SGD + Nesterov.
     let cfg = TrainConfig {
         epochs: 1,

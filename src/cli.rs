@@ -97,6 +97,13 @@ pub enum Command {
         /// `cuda:N` (GPU N only).
         #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N")]
         device: crate::engine::DeviceChoice,
+        /// How running stages are shown: bars on a terminal, else plain lines (one per
+        /// epoch, and a progress line at most every TAOFLOW_PROGRESS_INTERVAL seconds, 60).
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: crate::ui::ProgressMode,
+        /// Print stage results, warnings and errors only (no progress, no "running" lines).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show each stage that is not up to date, and why (which parameter or input changed).
     Status {

@@ -136,7 +136,7 @@ fn exit_code(s: &RunSummary) -> i32 {
 
 pub async fn main(cli: Cli) -> i32 {
     match &cli.command {
-        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json, device } => {
+        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json, device, progress, quiet } => {
             let t0 = Instant::now();
             let (pipeline, g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
@@ -160,7 +160,7 @@ pub async fn main(cli: Cli) -> i32 {
                 keep_going: *keep_going,
                 device: *device,
             };
-            let ui = Arc::new(Ui::new(*json));
+            let ui = Arc::new(Ui::with_progress(*json, *progress, *quiet));
             let cancel = cancel_on_signals();
             let s = engine::run(pipeline, g, store, opts, ui, cancel).await;
             if !*json {
@@ -832,7 +832,7 @@ fn eval_detections_cmd(gt: &Path, dets: &Path, o: &crate::tasks::detection::repo
         print!("{}", r.render());
     }
     if let Some(dir) = out {
-        match r.write(dir, grid) {
+        match r.write(dir, grid, serde_json::Map::new()) {
             Ok(files) => files.iter().for_each(|f| eprintln!("wrote {}", f.display())),
             Err(e) => {
                 eprint_error(&e);

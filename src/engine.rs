@@ -126,6 +126,8 @@ pub trait Reporter: Send + Sync {
     fn warn(&self, msg: &str);
     /// A running stage's progress: `done` of `total` units, and a short status line.
     fn progress(&self, _stage: &str, _done: u64, _total: u64, _msg: &str) {}
+    /// A line worth keeping from a running stage (an epoch's result).
+    fn note(&self, _stage: &str, _msg: &str) {}
 }
 
 #[derive(Debug, Clone)]
@@ -679,7 +681,8 @@ impl Engine {
             progress: {
                 let reporter = Arc::clone(&self.reporter);
                 let stage = st.name.clone();
-                crate::stages::ProgressFn(Arc::new(move |done, total, msg: &str| reporter.progress(&stage, done, total, msg)))
+                let (r2, s2) = (Arc::clone(&reporter), stage.clone());
+                crate::stages::ProgressFn::new(Arc::new(move |done, total, msg: &str| reporter.progress(&stage, done, total, msg)), Arc::new(move |msg: &str| r2.note(&s2, msg)))
             },
             cancel: self.cancel.clone(),
         };

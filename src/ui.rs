@@ -1,10 +1,11 @@
-//! What the user sees while a run goes: progress spinners on a terminal, plain lines
-//! otherwise, JSON lines with `--json`.
+//! What the user sees while a run goes: progress bars on a terminal, plain lines otherwise
+//! (CI logs, `nohup`: one line per epoch and a progress line at most every
+//! `TAOFLOW_PROGRESS_INTERVAL` seconds, default 60), JSON lines with `--json`.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -15,8 +16,27 @@ pub fn color_enabled() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
+/// How running stages are shown (`taoflow run --progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Progress bars (stderr must be a terminal; else plain).
+    Bar,
+    /// Plain lines: each epoch, and a progress line at most every TAOFLOW_PROGRESS_INTERVAL seconds.
+    Plain,
+    /// No progress: stage results only.
+    None,
+}
+
 pub struct Ui {
     json: bool,
+    mode: ProgressMode,
+    /// `--quiet`: no progress and no "running" lines; results, warnings and errors only.
+    quiet: bool,
+    /// Plain mode: when each running stage last printed a progress line.
+    last_line: Mutex<HashMap<String, Instant>>,
+    interval: Duration,
     color: bool,
     quiet_cached: bool,
     /// Verb used for stages that would run (`status` says "stale").
@@ -27,13 +47,22 @@ pub struct Ui {
 
 impl Ui {
     pub fn new(json: bool) -> Self {
+        Self::with_progress(json, ProgressMode::Auto, false)
+    }
+
+    /// `mode` as `--progress` says; `quiet` as `--quiet` (which implies `none`).
+    pub fn with_progress(json: bool, mode: ProgressMode, quiet: bool) -> Self {
         let color = color_enabled();
-        let mp = if !json && std::io::stderr().is_terminal() && std::env::var_os("TAOFLOW_NO_PROGRESS").is_none() {
-            Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
-        } else {
-            None
+        let terminal = std::io::stderr().is_terminal() && std::env::var_os("TAOFLOW_NO_PROGRESS").is_none();
+        let mode = match mode {
+            _ if quiet => ProgressMode::None,
+            ProgressMode::Auto | ProgressMode::Bar if terminal => ProgressMode::Bar,
+            ProgressMode::Auto | ProgressMode::Bar => ProgressMode::Plain,
+            m => m,
         };
-        Ui { json, color, quiet_cached: false, would_run_word: "would run", mp, bars: Mutex::new(HashMap::new()) }
+        let mp = (!json && mode == ProgressMode::Bar).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let interval = Duration::from_secs_f64(std::env::var("TAOFLOW_PROGRESS_INTERVAL").ok().and_then(|v| v.parse::<f64>().ok()).filter(|v| *v >= 0.0).unwrap_or(60.0));
+        Ui { json, mode, quiet, last_line: Mutex::new(HashMap::new()), interval, color, quiet_cached: false, would_run_word: "would run", mp, bars: Mutex::new(HashMap::new()) }
     }
 
     pub fn for_status() -> Self {
@@ -129,7 +158,8 @@ impl Ui {
 
 impl Reporter for Ui {
     fn started(&self, stage: &str) {
-        if self.json {
+        self.last_line.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string(), Instant::now());
+        if self.json || self.quiet {
             return;
         }
         match &self.mp {
@@ -168,6 +198,16 @@ impl Reporter for Ui {
         if self.json {
             return;
         }
+        if self.mode == ProgressMode::Plain {
+            let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.get(stage).is_none_or(|t| t.elapsed() >= self.interval);
+            if due {
+                last.insert(stage.to_string(), Instant::now());
+                drop(last);
+                self.line(&format!("{} {stage}: {done}/{total} {msg}", self.paint(&format!("{:>11}", "progress"), "2")));
+            }
+            return;
+        }
         let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pb) = bars.get(stage) {
             if pb.length() != Some(total) {
@@ -182,6 +222,14 @@ impl Reporter for Ui {
             pb.set_position(done);
             pb.set_message(msg.to_string());
         }
+    }
+
+    fn note(&self, stage: &str, msg: &str) {
+        if self.json || self.mode == ProgressMode::None {
+            return;
+        }
+        self.last_line.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string(), Instant::now());
+        self.line(&format!("{} {stage}: {msg}", self.paint(&format!("{:>11}", "progress"), "2")));
     }
 
     fn warn(&self, msg: &str) {

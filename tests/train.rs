@@ -272,3 +272,29 @@ fn device_choice_is_checked_before_training() {
     let s = text(&p.run(&["run", "p.toml"]));
     assert!(s.contains("precision") && s.contains("fp8"), "{s}");
 }
+
+/// Without a terminal (CI logs, `nohup`): a line per epoch on stderr, and progress lines at
+/// most every TAOFLOW_PROGRESS_INTERVAL seconds; `--progress none` and `--quiet` keep them out.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let p = Project::new();
+    learnable(&p.path("imgs"), 24);
+    pipeline(&p, "epochs = 2");
+    let out = p.cmd(&["run", "p.toml"]).env("TAOFLOW_PROGRESS_INTERVAL", "0").output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{e}");
+    for ep in 1..=2 {
+        assert!(e.contains(&format!("progress train: epoch {ep}/2: lr ")), "no line for epoch {ep}:\n{e}");
+    }
+    assert!(e.contains("progress train: 1/") && e.contains("running train"), "{e}");
+    // the default interval (60 s) prints no step lines for a run this short, epochs still
+    let out = p.cmd(&["run", "p.toml", "--force=train"]).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(e.contains("progress train: epoch 2/2") && !e.contains("progress train: 1/"), "{e}");
+    let out = p.cmd(&["run", "p.toml", "--force=train", "--progress", "none"]).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && !e.contains("progress") && e.contains("running train") && e.contains("ran train"), "{e}");
+    let out = p.cmd(&["run", "p.toml", "--force=train", "--quiet"]).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && !e.contains("progress") && !e.contains("running") && e.contains("ran train"), "{e}");
+}

@@ -295,14 +295,10 @@ fn evaluate_detector(model: &Path, dataset: &Path, split: &str, batch: usize, de
     let device = gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
     let grid = (det.grid.unwrap_or(16), det.grid_score.unwrap_or(0.3));
     let (report, ips) = crate::stages::write_dir_atomically(out, |tmp| {
-        let (report, ips) = crate::tasks::detection::evaluate::evaluate_into(&graph, &mut *forward, &ds, split, batch, &clustering, &det.eval, grid, tmp).map_err(fail)?;
-        // The throughput beside the report.
-        let mp = tmp.join("metrics.json");
-        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&mp).map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
-        v["inference"] = serde_json::json!({"images_per_second": ips, "batch_size": batch, "device": device, "engine": engine, "threads": rayon::current_num_threads()});
-        v["postprocess"] = serde_json::to_value(&clustering).expect("serialises");
-        crate::store::write_atomic(&mp, &serde_json::to_vec_pretty(&v).expect("serialises")).map_err(|e| fail(e.to_string()))?;
-        Ok((report, ips))
+        let mut extra = serde_json::Map::new();
+        extra.insert("inference".into(), serde_json::json!({"batch_size": batch, "device": device, "engine": engine, "threads": rayon::current_num_threads()}));
+        extra.insert("postprocess".into(), serde_json::to_value(&clustering).expect("serialises"));
+        crate::tasks::detection::evaluate::evaluate_into(&graph, &mut *forward, &ds, split, batch, &clustering, &det.eval, grid, tmp, extra).map_err(fail)
     })?;
     let ap50 = report.coco.get("AP50").and_then(|v| v.as_f64()).unwrap_or(-1.0);
     let ap = report.coco.get("AP").and_then(|v| v.as_f64()).unwrap_or(-1.0);

@@ -111,9 +111,13 @@ pub struct RunCtx {
     pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
-/// A progress callback (`done`, `total`, status line).
+/// How a running stage reports: `update` (`done` of `total`, a status line that the next
+/// one replaces) and `note` (a line worth keeping: an epoch's result, the end of a long step).
 #[derive(Clone)]
-pub struct ProgressFn(pub Arc<dyn Fn(u64, u64, &str) + Send + Sync>);
+pub struct ProgressFn {
+    update: Arc<dyn Fn(u64, u64, &str) + Send + Sync>,
+    note: Arc<dyn Fn(&str) + Send + Sync>,
+}
 
 impl fmt::Debug for ProgressFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,8 +126,20 @@ impl fmt::Debug for ProgressFn {
 }
 
 impl ProgressFn {
+    pub fn new(update: Arc<dyn Fn(u64, u64, &str) + Send + Sync>, note: Arc<dyn Fn(&str) + Send + Sync>) -> Self {
+        ProgressFn { update, note }
+    }
+
     pub fn none() -> Self {
-        ProgressFn(Arc::new(|_, _, _| {}))
+        ProgressFn { update: Arc::new(|_, _, _| {}), note: Arc::new(|_| {}) }
+    }
+
+    pub fn update(&self, done: u64, total: u64, msg: &str) {
+        (self.update)(done, total, msg)
+    }
+
+    pub fn note(&self, msg: &str) {
+        (self.note)(msg)
     }
 }
 

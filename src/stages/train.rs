@@ -316,10 +316,13 @@ impl StageKind for Train {
             let kernel_cache = ctx.kernel_cache.clone();
             tokio::task::spawn_blocking(move || {
                 let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
+                // The stage log, and the user: one line per epoch (also without a terminal).
+                let note = progress.clone();
                 let mut logf = |s: &str| {
                     if let Some(l) = log.as_mut() {
                         let _ = writeln!(l, "{s}");
                     }
+                    note.note(s);
                 };
                 let r = run_training(&dataset, pretrained.as_deref(), init.as_deref(), &model, detection.as_ref(), cfg, val_explicit, &Where { gpus, precision, kernel_cache }, &ckpt, &out, &progress, &|| *cancel.borrow(), &mut logf);
                 if r.is_ok() {
@@ -541,7 +544,7 @@ fn run_training(
     }
 
     let total_progress = progress.clone();
-    let prog = move |p: crate::model::train::Progress<'_>| (total_progress.0)(p.done, p.total, p.message);
+    let prog = move |p: crate::model::train::Progress<'_>| total_progress.update(p.done, p.total, p.message);
     let outcome = {
         let mut burn_engine;
         #[cfg(feature = "torch")]

@@ -731,7 +731,8 @@ pub struct TorchEngine {
     smoothing: f64,
     /// What a step minimises: cross-entropy (`smoothing`) unless [`Self::with_objective`]
     /// says otherwise.
-    objective: crate::tasks::Objective,
+    /// (Shared: a step reads it while it borrows the engine mutably, without a copy.)
+    objective: std::sync::Arc<crate::tasks::Objective>,
     precision: Precision,
     state: OptState,
     /// Indices of the trainable parameters, kernels (decayed) first; the optimizer state
@@ -793,7 +794,7 @@ impl TorchEngine {
         Ok(TorchEngine {
             cfg: cfg.optim.clone(),
             smoothing: cfg.label_smoothing,
-            objective: crate::tasks::Objective::Classification(crate::tasks::classification::CrossEntropy { classes: 0, smoothing: cfg.label_smoothing }),
+            objective: std::sync::Arc::new(crate::tasks::Objective::Classification(crate::tasks::classification::CrossEntropy { classes: 0, smoothing: cfg.label_smoothing })),
             precision,
             state: OptState { m, v, step_t, steps: 0 },
             order,
@@ -810,7 +811,7 @@ impl TorchEngine {
 
     /// Train for `objective` (a detector's cost) instead of cross-entropy.
     pub fn with_objective(mut self, objective: crate::tasks::Objective) -> Self {
-        self.objective = objective;
+        self.objective = std::sync::Arc::new(objective);
         self
     }
 
@@ -1005,8 +1006,9 @@ impl Engine for TorchEngine {
     }
 
     fn step(&mut self, b: &Batch, lr: f64) -> Result<Vec<StepDone>, String> {
-        let (loss, hits) = match self.objective.clone() {
-            crate::tasks::Objective::Detection(d) => self.step_detection(&d, b, lr)?,
+        let objective = self.objective.clone();
+        let (loss, hits) = match &*objective {
+            crate::tasks::Objective::Detection(d) => self.step_detection(d, b, lr)?,
             crate::tasks::Objective::Classification(_) => {
                 let x = self.net.input(&b.images, b.len)?;
                 let y = self.labels(b)?;
@@ -1032,7 +1034,7 @@ impl Engine for TorchEngine {
         for b in batches {
             let b = b?;
             let x = self.net.input(&b.images, b.len)?;
-            let (l, h) = if let crate::tasks::Objective::Detection(d) = &self.objective {
+            let (l, h) = if let crate::tasks::Objective::Detection(d) = &*self.objective {
                 let t = self.detection_targets(d, &b, 1)?;
                 let _g = tch::no_grad_guard();
                 let outs = self.with_autocast(|| self.net.forward_outputs(&x, false))?;

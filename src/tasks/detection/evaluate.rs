@@ -111,7 +111,10 @@ fn to_rgb(x: &[f32], spec: &crate::data::image_io::InputSpec) -> RgbImage {
 
 /// Evaluate and write `metrics.json`, `pr_curves.png` and `predictions.png` into `dir`.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_into(graph: &ModelGraph, forward: &mut Forward<'_>, ds: &Dataset, split: &str, batch: usize, clustering: &[ClusterConfig], eval: &EvalOptions, grid: (usize, f64), dir: &std::path::Path) -> Result<(DetectionReport, f64), String> {
+/// `extra`: entries for metrics.json beside the report's; an `inference` object among them
+/// gets the measured `images_per_second`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_into(graph: &ModelGraph, forward: &mut Forward<'_>, ds: &Dataset, split: &str, batch: usize, clustering: &[ClusterConfig], eval: &EvalOptions, grid: (usize, f64), dir: &std::path::Path, mut extra: serde_json::Map<String, serde_json::Value>) -> Result<(DetectionReport, f64), String> {
     let r = run(graph, forward, ds, split, batch, clustering, grid.0)?;
     let n = r.data.images.len();
     if n == 0 {
@@ -120,6 +123,9 @@ pub fn evaluate_into(graph: &ModelGraph, forward: &mut Forward<'_>, ds: &Dataset
     let ips = n as f64 / r.forward_seconds.max(1e-9);
     let report = super::report::evaluate(r.data, eval, Vec::new())?;
     let g = (grid.0 > 0 && !r.pictures.is_empty()).then_some(GridOptions { images: super::grid::Images::Memory(r.pictures), count: grid.0, min_score: grid.1 });
-    report.write(dir, g.as_ref())?;
+    if let Some(serde_json::Value::Object(o)) = extra.get_mut("inference") {
+        o.insert("images_per_second".into(), ips.into());
+    }
+    report.write(dir, g.as_ref(), extra)?;
     Ok((report, ips))
 }

@@ -159,14 +159,20 @@ impl DetectionReport {
     /// `metrics.json`, `pr_curves.png` (IoU 0.50, one curve per class) and, with `grid`,
     /// `predictions.png` (ground truth green, detections red) into `dir`, each written to a
     /// temporary file and renamed, so a failure leaves no half file.
-    pub fn write(&self, dir: &Path, grid: Option<&GridOptions>) -> Result<Vec<std::path::PathBuf>, String> {
+    /// `metrics.json` (the report, with `extra`'s entries beside its own), `pr_curves.png` and
+    /// with `grid` a picture of predictions, into `dir`.
+    pub fn write(&self, dir: &Path, grid: Option<&GridOptions>, extra: serde_json::Map<String, serde_json::Value>) -> Result<Vec<std::path::PathBuf>, String> {
         // the picture first: a wrong image folder fails before anything is written
         let picture = match grid {
             Some(g) => Some(super::grid::draw(self.data.as_ref().expect("evaluated"), &g.images, g.count, g.min_score, 320)?),
             None => None,
         };
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        if let Some(o) = v.as_object_mut() {
+            o.extend(extra);
+        }
+        let json = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
         let mj = dir.join("metrics.json");
         crate::store::write_atomic(&mj, &json).map_err(|e| format!("cannot write `{}`: {e}", mj.display()))?;
         let png = dir.join("pr_curves.png");
