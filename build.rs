@@ -1,7 +1,10 @@
+//! Records the git commit the binary is built from (`taoflow --version` = TAOFLOW_VERSION:
+//! `0.1.0 (<commit>)`; the bare version outside a git checkout).
 //! With the `torch` feature, compiles the libtorch shim (src/model/torch/shim.cpp) against
 //! the headers of $LIBTORCH (scripts/libtorch.sh); without it, does nothing.
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    commit();
     #[cfg(feature = "torch")]
     {
         println!("cargo:rerun-if-changed=src/model/torch/shim.cpp");
@@ -22,5 +25,24 @@ fn main() {
             .flag_if_supported("-Wno-deprecated-declarations")
             .warnings(false)
             .compile("taoflow_torch_shim");
+    }
+}
+
+fn commit() {
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let git = |args: &[&str]| std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) else {
+        println!("cargo:rustc-env=TAOFLOW_VERSION={version}");
+        return;
+    };
+    // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
+    println!("cargo:rerun-if-changed={dir}/HEAD");
+    println!("cargo:rerun-if-changed={dir}/packed-refs");
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        println!("cargo:rerun-if-changed={dir}/{r}");
+    }
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) => println!("cargo:rustc-env=TAOFLOW_VERSION={version} ({c})"),
+        None => println!("cargo:rustc-env=TAOFLOW_VERSION={version}"),
     }
 }

@@ -11,10 +11,13 @@ pub const EXIT_CODES: &str = "Exit codes:
   3    the store or the workspace could not be read or written
   130  interrupted (Ctrl-C or SIGTERM); nothing half-made was stored";
 
+/// `taoflow --version`: the crate version and the git commit it was built from (build.rs).
+pub const VERSION: &str = env!("TAOFLOW_VERSION");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "taoflow",
-    version,
+    version = VERSION,
     about = "Transfer-learning pipelines: convert, augment, train, evaluate, prune, quantize, export — content-hashed and cached",
     after_help = EXIT_CODES
 )]
@@ -287,5 +290,10 @@ pub enum Command {
         debounce_ms: u64,
         #[arg(short, long)]
         jobs: Option<usize>,
+    },
+    /// Print a shell completion script: `taoflow completions bash > ~/.local/share/bash-completion/completions/taoflow`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }

@@ -307,6 +307,11 @@ pub async fn main(cli: Cli) -> i32 {
             let g = images.as_ref().map(|dir| crate::tasks::detection::report::GridOptions { images: crate::tasks::detection::grid::Images::Dir(dir.clone()), count: *grid, min_score: *grid_score });
             eval_detections_cmd(gt, dets, &o, *json, out.as_deref(), g.as_ref())
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut crate::cli::Cli::command(), "taoflow", &mut std::io::stdout());
+            0
+        }
         Command::Hash { paths } => {
             use rayon::prelude::*;
             let stat = crate::hash::StatCache::in_memory();

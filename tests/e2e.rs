@@ -401,3 +401,29 @@ fn run_keeps_cudas_jit_cache_in_the_store() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(p.read("env.txt").trim(), "/elsewhere/jit");
 }
+
+/// `--version` names the commit the binary was built from; `completions` prints scripts the
+/// shells accept, generated from the same command definition (so `run --progress` is there).
+#[test]
+fn version_names_the_commit_and_completions_parse() {
+    let p = Project::new();
+    let v = String::from_utf8(p.run(&["--version"]).stdout).unwrap();
+    assert!(v.starts_with(&format!("taoflow {}", env!("CARGO_PKG_VERSION"))), "{v}");
+    let head = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok().filter(|o| o.status.success());
+    if let Some(h) = head {
+        // the binary is built from this checkout (a commit made since the build would differ,
+        // but cargo rebuilds when HEAD moves)
+        assert!(v.contains(&format!("({})", String::from_utf8_lossy(&h.stdout).trim())), "{v}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let o = p.run(&["completions", shell]);
+        assert!(o.status.success(), "{}", text(&o));
+        let s = String::from_utf8(o.stdout).unwrap();
+        assert!(s.contains("taoflow") && s.contains("eval-detections") && s.contains("progress"), "{shell}: {s}");
+    }
+    p.write("c.bash", &String::from_utf8(p.run(&["completions", "bash"]).stdout).unwrap());
+    let o = std::process::Command::new("bash").args(["-n", "c.bash"]).current_dir(p.path("")).output().unwrap();
+    assert!(o.status.success(), "bash -n: {}", text(&o));
+    let o = p.run(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
