@@ -64,7 +64,9 @@ fn main() {
         emit(&onnx.engine(), "infer", batch, ips);
         let ips = rate(batch, secs, || {
             let t: Tensor<I, 4> = Tensor::from_data(TensorData::new(x.clone(), [batch, s.channels as usize, s.height as usize, s.width as usize]), &device);
-            let _ = valid.forward_outputs(t).into_iter().map(|o| o.into_data()).count();
+            for o in valid.forward_outputs(t) {
+                let _ = o.into_data();
+            }
         });
         emit("burn-ndarray", "infer", batch, ips);
     }

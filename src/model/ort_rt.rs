@@ -120,6 +120,9 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     found.pop().map(|(_, p)| p)
 }
 
+/// An output's dimensions and its values (row-major).
+pub type Shaped = (Vec<usize>, Vec<f32>);
+
 /// One model in onnxruntime, run from several threads (a session runs one batch at a time).
 pub struct OrtModel {
     session: Mutex<Session>,
@@ -159,7 +162,7 @@ impl OrtModel {
     }
 
     /// [`OrtModel::run`] with each output's dimensions.
-    pub fn run_shaped(&self, input: &[f32], shape: &[usize]) -> Result<Vec<(Vec<usize>, Vec<f32>)>, String> {
+    pub fn run_shaped(&self, input: &[f32], shape: &[usize]) -> Result<Vec<Shaped>, String> {
         let x = TensorRef::from_array_view((shape, input)).map_err(|e| format!("onnxruntime input {shape:?}: {e}"))?;
         let mut s = self.session.lock().map_err(|_| "onnxruntime: a run panicked".to_string())?;
         let out = s.run(ort::inputs![x]).map_err(|e| format!("onnxruntime failed to run the model: {e}"))?;

@@ -110,7 +110,6 @@ fn to_rgb(x: &[f32], spec: &crate::data::image_io::InputSpec) -> RgbImage {
 }
 
 /// Evaluate and write `metrics.json`, `pr_curves.png` and `predictions.png` into `dir`.
-#[allow(clippy::too_many_arguments)]
 /// `extra`: entries for metrics.json beside the report's; an `inference` object among them
 /// gets the measured `images_per_second`.
 #[allow(clippy::too_many_arguments)]
