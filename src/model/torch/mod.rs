@@ -841,16 +841,32 @@ impl TorchEngine {
         bce.f_add(&l1).ck()
     }
 
-    /// A detector's training step: forward, TAO's cost, backward, optimizer.
+    /// A detector's training step: the batch to the device, its targets, then
+    /// [`Self::step_detection_tensors`].
     fn step_detection(&mut self, d: &DetectionCost, b: &Batch, lr: f64) -> Result<(Tensor, Tensor), String> {
-        self.infer_cache = None;
         let x = self.net.input(&b.images, b.len)?;
-        self.depthwise_policy(x.size()[0])?;
         let t = self.detection_targets(d, b, b.len)?;
+        self.step_detection_tensors(&x, &t, lr)
+    }
+
+    /// The targets of a detector's batch on the engine's device (coverage, its weights, boxes,
+    /// their weights), as [`Self::step_detection_tensors`] takes them.
+    pub fn detection_batch_targets(&self, b: &Batch) -> Result<[Tensor; 4], String> {
+        match &*self.objective {
+            crate::tasks::Objective::Detection(d) => self.detection_targets(d, b, b.len),
+            _ => Err("the engine does not train a detector".into()),
+        }
+    }
+
+    /// A detector's step on a device batch and device targets: forward, TAO's cost, backward,
+    /// optimizer; the loss and a zero hit count, still on the device.
+    pub fn step_detection_tensors(&mut self, x: &Tensor, t: &[Tensor; 4], lr: f64) -> Result<(Tensor, Tensor), String> {
+        self.infer_cache = None;
+        self.depthwise_policy(x.size()[0])?;
         let all: Vec<&Tensor> = self.order.iter().map(|&i| &self.net.params[i].t).collect();
         check(unsafe { ffi::tf_grads_to_none(ptrs(&all).as_ptr(), all.len()) })?;
-        let outs = self.with_autocast(|| self.net.forward_outputs(&x, true))?;
-        let loss = Self::detection_loss(&outs, &t)?;
+        let outs = self.with_autocast(|| self.net.forward_outputs(x, true))?;
+        let loss = Self::detection_loss(&outs, t)?;
         loss.f_backward().ck()?;
         self.optimizer_step(lr)?;
         let hits = Tensor::f_zeros(Vec::<i64>::new(), (Kind::Int64, self.net.device)).ck()?;
@@ -860,6 +876,13 @@ impl TorchEngine {
     /// bf16 autocast is on: precision bf16 on a GPU (libtorch's CPU path runs f32).
     fn bf16_autocast(&self) -> bool {
         self.precision == Precision::Bf16 && self.net.device != Device::Cpu
+    }
+
+    /// Every output of the network for a device batch, in inference mode, at the engine's
+    /// precision (bf16 autocast when trained in bf16).
+    pub fn infer_outputs(&self, x: &Tensor) -> Result<Vec<Tensor>, String> {
+        let _g = tch::no_grad_guard();
+        self.with_autocast(|| self.net.forward_outputs(x, false))
     }
 
     fn with_autocast<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
