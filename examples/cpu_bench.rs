@@ -15,7 +15,7 @@ use taoflow::data::image_io::InputSpec;
 use taoflow::data::loader::Batch;
 use taoflow::model::graph::ModelGraph;
 use taoflow::model::net::{GraphNet, WeightData};
-use taoflow::model::optim::{OptimConfig, OptimKind, Schedule};
+use taoflow::model::optim::{OptimConfig, OptimKind};
 use taoflow::model::train::{BurnEngine, Engine, TrainConfig};
 
 type I = burn::backend::NdArray<f32>;
@@ -75,21 +75,7 @@ fn main() {
         return;
     }
     // Training: the train stage's Burn engine, SGD + Nesterov.
-    let cfg = TrainConfig {
-        epochs: 1,
-        batch_size: 32,
-        lr: 0.01,
-        schedule: Schedule::Constant,
-        optim: OptimConfig { kind: OptimKind::Sgd { momentum: 0.9, nesterov: true }, weight_decay: 0.0, l1: 0.0 },
-        label_smoothing: 0.0,
-        augment: None,
-        train_split: "train".into(),
-        val_split: None,
-        val_every: 1,
-        checkpoint_every: 0,
-        seed: 0,
-        detection: None,
-    };
+    let cfg = TrainConfig::synthetic(OptimConfig { kind: OptimKind::Sgd { momentum: 0.9, nesterov: true }, weight_decay: 0.0, l1: 0.0 }, 0.01, 32);
     let mut eng = BurnEngine::<A>::new(&g, net, &cfg, &device);
     let n = 32;
     let b = Batch { len: n, images: images(&g, n), labels: (0..n as u32).map(|i| i % 10).collect(), keys: vec![String::new(); n], targets: vec![None; n], boxes: vec![Vec::new(); n], masks: vec![None; n] };

@@ -16,7 +16,7 @@ use taoflow::data::image_io::InputSpec;
 use taoflow::data::loader::Batch;
 use taoflow::data::BoxLabel;
 use taoflow::model::net::{GraphNet, WeightData};
-use taoflow::model::optim::{OptimConfig, OptimKind, Schedule};
+use taoflow::model::optim::{OptimConfig, OptimKind};
 use taoflow::model::torch::{Precision, Runtime, TorchEngine, TorchNet};
 use taoflow::model::train::{Engine, TrainConfig};
 
@@ -34,21 +34,7 @@ fn main() {
     let t0 = Instant::now();
     let rt = Runtime::cuda(0, precision, None).unwrap();
     let net = TorchNet::new(&g, &weights, &|_| false, &rt).unwrap();
-    let cfg = TrainConfig {
-        epochs: 1,
-        batch_size: batch,
-        lr: 1e-4,
-        schedule: Schedule::Constant,
-        optim: OptimConfig { kind: OptimKind::Sgd { momentum: 0.9, nesterov: false }, weight_decay: 0.0, l1: 0.0 },
-        label_smoothing: 0.0,
-        augment: None,
-        train_split: "train".into(),
-        val_split: None,
-        val_every: 1,
-        checkpoint_every: 0,
-        seed: 0,
-        detection: None,
-    };
+    let cfg = TrainConfig::synthetic(OptimConfig { kind: OptimKind::Sgd { momentum: 0.9, nesterov: false }, weight_decay: 0.0, l1: 0.0 }, 1e-4, batch);
     let mut e = TorchEngine::new(net, &cfg, precision).unwrap().with_objective(cfg.objective(&g));
     let mut rng = taoflow::data::rng::Rng::new(7);
     let mut make = |seed: u64| {

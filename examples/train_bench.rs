@@ -23,7 +23,7 @@ use taoflow::data::loader::Batch;
 use taoflow::model::builders;
 use taoflow::model::graph::{ModelGraph, Op};
 use taoflow::model::net::{GraphNet, WeightData};
-use taoflow::model::optim::{OptimConfig, OptimKind, Schedule};
+use taoflow::model::optim::{OptimConfig, OptimKind};
 use taoflow::model::torch::{Precision, Runtime, TorchEngine, TorchNet};
 use taoflow::model::train::{BurnEngine, Engine, TrainConfig};
 
@@ -40,21 +40,7 @@ fn init_weights(g: &ModelGraph, seed: u64) -> HashMap<String, WeightData> {
 }
 
 fn cfg(kind: OptimKind, lr: f64) -> TrainConfig {
-    TrainConfig {
-        epochs: 1,
-        batch_size: 0,
-        lr,
-        schedule: Schedule::Constant,
-        optim: OptimConfig { kind, weight_decay: 0.0, l1: 0.0 },
-        label_smoothing: 0.0,
-        augment: None,
-        train_split: "train".into(),
-        val_split: None,
-        val_every: 1,
-        checkpoint_every: 0,
-        seed: 0,
-        detection: None,
-    }
+    TrainConfig::synthetic(OptimConfig { kind, weight_decay: 0.0, l1: 0.0 }, lr, 0)
 }
 
 fn sync() {

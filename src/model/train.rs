@@ -40,6 +40,26 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// One epoch at a constant rate `lr` with `optim`, batch `batch_size`, no augmentation,
+    /// validation or checkpoints: what the benchmarks step through on synthetic batches.
+    pub fn synthetic(optim: OptimConfig, lr: f64, batch_size: usize) -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size,
+            lr,
+            schedule: Schedule::Constant,
+            optim,
+            label_smoothing: 0.0,
+            augment: None,
+            train_split: "train".into(),
+            val_split: None,
+            val_every: 1,
+            checkpoint_every: 0,
+            seed: 0,
+            detection: None,
+        }
+    }
+
     /// What training `graph` with these settings minimises.
     pub fn objective(&self, graph: &ModelGraph) -> Objective {
         Objective::for_graph(graph, self.label_smoothing, self.detection.as_ref())
