@@ -40,6 +40,10 @@ fi
 export TAOFLOW_ASSETS="$ASSETS" TAOFLOW_REQUIRE_ASSETS=1
 
 export CARGO_TERM_COLOR=never
+# A test run builds once: incremental state (~2 GB in target/debug/incremental) buys nothing
+# here and CI's disk is small (a run failed with "No space left on device"). Set
+# CARGO_INCREMENTAL=1 to keep it for local edit-test loops.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Insta must never write snapshots in CI: a missing or changed snapshot fails the test.
 export INSTA_UPDATE=no
 cargo test --locked 2>&1
@@ -48,6 +52,9 @@ cargo check --locked --benches --quiet
 # kernels: libtorch 2.11 from PyPI's wheel (scripts/libtorch.sh, ~0.5 GB, cached in .libtorch/).
 bash scripts/libtorch.sh
 LD_LIBRARY_PATH="$PWD/.libtorch/lib:$LD_LIBRARY_PATH" cargo test --locked --features torch --lib model::torch 2>&1
+# On CI (.ci/run on a clean clone sets TAOFLOW_CI=1) the debug build (~4 GB) is not needed
+# again: dropping it before the release build halves the peak disk use. A developer's stays.
+if [ "${TAOFLOW_CI:-}" = "1" ]; then rm -rf target/debug; fi
 # The README's first command must work too.
 # (Release, as the README says: it trains a network, which a debug build of Burn's generic
 # code does ~50x slower.) The second run must be served from the store.
