@@ -67,6 +67,40 @@ pub enum SynthCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ExpCommand {
+    /// Write a variant's parameters (its `-S` overrides) into the pipeline file; a following
+    /// `taoflow run` is then served from the store.
+    Apply {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The variant's name (`exp show` lists them, e.g. v1a2b3c4).
+        name: String,
+    },
+    /// One row per run: the workspace and each commit that changed the lock file (newest
+    /// first); columns: the parameters that differ between rows, then the metrics.
+    Show {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Sort by this metric (`stage.metric`, e.g. `evaluate.accuracy`), largest first.
+        #[arg(long, value_name = "STAGE.METRIC")]
+        sort_by: Option<String>,
+        /// With --sort-by: smallest first (losses).
+        #[arg(long, requires = "sort_by")]
+        ascending: bool,
+        /// At most this many commits of history.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        max_commits: usize,
+        /// Every parameter and metric, not only those that differ.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the stages whose inputs or parameters changed; serve the rest from the store.
     #[command(after_help = EXIT_CODES)]
@@ -107,6 +141,12 @@ pub enum Command {
         /// Print stage results, warnings and errors only (no progress, no "running" lines).
         #[arg(short, long)]
         quiet: bool,
+        /// How `-S` lists (`-S train.lr=0.001,0.01`) and ranges (`-S train.lr=log:1e-4..1e-1`,
+        /// `-S train.epochs=2..8`) become variants: `grid` (every combination of the lists) or
+        /// `random:N` (N draws, seeded by the pipeline seed). Variants run in workspaces of
+        /// their own under the store; `taoflow exp show` compares them.
+        #[arg(long, value_name = "grid|random:N")]
+        sweep: Option<crate::sweep::Mode>,
     },
     /// Show each stage that is not up to date, and why (which parameter or input changed).
     Status {
@@ -124,12 +164,45 @@ pub enum Command {
         #[arg(long)]
         mermaid: bool,
     },
-    /// Show the metrics of the last run as a table.
+    /// Show the metrics of the last run as a table: one row per number; lists (per-epoch
+    /// history, confusion matrices, per-class tables) are left to --all and --json.
     Show {
         #[command(flatten)]
         p: PipelineArg,
+        /// Every stage's whole metrics record as JSON.
         #[arg(long)]
         json: bool,
+        /// Every entry of every list too (`history[3].loss`).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Compare the workspace's lock file (parameters, and the metrics the store holds for it)
+    /// with the one at a git revision: changed parameters old → new, metric deltas.
+    #[command(after_help = "Examples:\n  taoflow diff pipelines/quickstart.toml            # HEAD → workspace\n  taoflow diff pipelines/quickstart.toml HEAD~3 HEAD\n  taoflow diff pipelines/quickstart.toml main --metrics --json")]
+    Diff {
+        /// The pipeline file (TOML); its lock file is what is compared.
+        pipeline: PathBuf,
+        /// The revision to compare from (anything git's rev-parse takes).
+        #[arg(default_value = "HEAD")]
+        rev: String,
+        /// The revision to compare to (default: the workspace's lock file).
+        to: Option<String>,
+        /// Only the parameters.
+        #[arg(long)]
+        params: bool,
+        /// Only the metrics.
+        #[arg(long)]
+        metrics: bool,
+        /// Unchanged rows too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Experiments: the runs recorded in git history and the workspace, side by side.
+    Exp {
+        #[command(subcommand)]
+        what: ExpCommand,
     },
     /// Remove from the store what no lock file and no recent manifest reaches.
     Gc {

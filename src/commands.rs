@@ -136,8 +136,29 @@ fn exit_code(s: &RunSummary) -> i32 {
 
 pub async fn main(cli: Cli) -> i32 {
     match &cli.command {
-        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json, device, progress, quiet } => {
+        Command::Run { p, dry_run, force, only, downstream, jobs, keep_going, json, device, progress, quiet, sweep } => {
             let t0 = Instant::now();
+            let (fixed, axes) = match crate::sweep::parse_axes(&p.set) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprint_error(&e);
+                    return EXIT_INVALID;
+                }
+            };
+            if !axes.is_empty() || sweep.is_some() {
+                let opts = RunOptions {
+                    dry_run: *dry_run,
+                    force_all: force.iter().any(|f| f == "*"),
+                    force: force.iter().filter(|f| *f != "*").cloned().collect(),
+                    only: only.clone(),
+                    downstream: *downstream,
+                    jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+                    keep_going: *keep_going,
+                    device: *device,
+                };
+                let ui = Arc::new(Ui::with_progress(*json, *progress, *quiet));
+                return run_sweep(&cli, &p.pipeline, &fixed, &axes, sweep.unwrap_or(crate::sweep::Mode::Grid), opts, ui, *json).await;
+            }
             let (pipeline, g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
                 Err(c) => return c,
@@ -213,13 +234,18 @@ pub async fn main(cli: Cli) -> i32 {
             print!("{}", render_dag(&pipeline, &g, if *dot { DagFormat::Dot } else if *mermaid { DagFormat::Mermaid } else { DagFormat::Text }));
             EXIT_OK
         }
-        Command::Show { p, json } => {
+        Command::Show { p, json, all } => {
             let (pipeline, _g, store) = match load_all(&cli, p) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
-            show(&pipeline, &store, *json)
+            show(&pipeline, &store, *json, *all)
         }
+        Command::Diff { pipeline, rev, to, params, metrics, all, json } => diff(&cli, pipeline, rev, to.as_deref(), *params, *metrics, *all, *json),
+        Command::Exp { what: crate::cli::ExpCommand::Show { pipeline, sort_by, ascending, max_commits, all, json, csv } } => {
+            exp_show(&cli, pipeline, sort_by.as_deref(), *ascending, *max_commits, *all, *json, *csv)
+        }
+        Command::Exp { what: crate::cli::ExpCommand::Apply { pipeline, name } } => exp_apply(&cli, pipeline, name),
         Command::Gc { keep_days, dry_run, pipeline } => {
             let root = match (&cli.store, pipeline) {
                 (Some(s), _) => s.clone(),
@@ -404,50 +430,239 @@ fn mermaid_id(s: &str) -> String {
     format!("s_{}", s.replace('-', "_"))
 }
 
-fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten_json(&p, x, out);
-            }
+/// `taoflow run P -S a.b=1,2 ...`: the variants of a sweep, at once (`crate::sweep`).
+#[allow(clippy::too_many_arguments)]
+async fn run_sweep(cli: &Cli, pipeline: &Path, fixed: &[String], axes: &[crate::sweep::Axis], mode: crate::sweep::Mode, opts: RunOptions, ui: Arc<Ui>, json: bool) -> i32 {
+    let t0 = Instant::now();
+    // The seed of random draws: the pipeline's own (or its -S pipeline.seed).
+    let base = match config::load(pipeline, fixed) {
+        Ok(p) => p,
+        Err(d) => {
+            eprint!("{}", d.render(color_enabled()));
+            return EXIT_INVALID;
         }
-        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
-        other => out.push((prefix.to_string(), other.to_string())),
+    };
+    if axes.is_empty() {
+        eprint_error("a sweep needs at least one swept parameter\n  = hint: a list (-S train.lr=0.001,0.01) or, with --sweep random:N, a range (-S train.lr=log:1e-4..1e-1)");
+        return EXIT_INVALID;
+    }
+    let variants = match crate::sweep::expand(axes, mode, base.seed as u64) {
+        Ok(v) => v,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    for names in [&opts.force, &opts.only] {
+        if let Err(e) = engine::check_stage_names(&base, names, "--only/--force") {
+            eprint_error(&e);
+            return EXIT_INVALID;
+        }
+    }
+    let store = match open_store(cli, &base) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let prepared = match crate::sweep::prepare(pipeline, fixed, &variants, &store.root) {
+        Ok(v) => v,
+        Err(e) => {
+            eprint!("{e}");
+            if !e.ends_with('\n') {
+                eprintln!();
+            }
+            return EXIT_INVALID;
+        }
+    };
+    if !json {
+        eprintln!("sweep: {} variant(s) of {}", prepared.len(), pipeline.display());
+    }
+    let cancel = cancel_on_signals();
+    let summaries = crate::sweep::run_all(&prepared, Arc::clone(&store), opts, ui, cancel).await;
+    let mut code = EXIT_OK;
+    if !json {
+        let rows: Vec<Vec<String>> = prepared
+            .iter()
+            .zip(&summaries)
+            .map(|(v, s)| {
+                let status = if s.ok() { "ok" } else if s.interrupted { "interrupted" } else { "failed" };
+                vec![v.name.clone(), v.swept.join(" "), format!("{} ran, {} cached", s.count(Status::Ran), s.count(Status::Cached)), status.to_string()]
+            })
+            .collect();
+        eprint!("{}", crate::results::table(&["variant".into(), "overrides".into(), "stages".into(), "status".into()], &rows));
+        let ran: usize = summaries.iter().map(|s| s.count(Status::Ran)).sum();
+        let cached: usize = summaries.iter().map(|s| s.count(Status::Cached)).sum();
+        eprintln!("{} variant(s): {ran} stage run(s), {cached} served from the store, in {:.2}s; compare them: taoflow exp show {}", prepared.len(), t0.elapsed().as_secs_f64(), pipeline.display());
+    }
+    for s in &summaries {
+        let c = exit_code(s);
+        if c != EXIT_OK && (code == EXIT_OK || c == EXIT_INTERRUPTED) {
+            code = c;
+        }
+    }
+    code
+}
+
+fn exp_apply(cli: &Cli, pipeline: &Path, name: &str) -> i32 {
+    let (_, store) = match lock_and_store(cli, pipeline) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let variants = crate::sweep::list_variants(&store.root, pipeline);
+    let Some((rec, _)) = variants.iter().find(|(r, _)| r.name == name) else {
+        let names: Vec<&str> = variants.iter().map(|(r, _)| r.name.as_str()).collect();
+        eprint_error(&format!(
+            "{} has no variant `{name}`\n  = hint: {}",
+            pipeline.display(),
+            if names.is_empty() { "run a sweep first: taoflow run P -S train.lr=0.001,0.01".to_string() } else { format!("its variants: {}", names.join(", ")) }
+        ));
+        return EXIT_INVALID;
+    };
+    match crate::sweep::apply(pipeline, &rec.overrides) {
+        Ok(changed) => {
+            for c in &changed {
+                eprintln!("   {c}");
+            }
+            eprintln!("applied {name} to {} ({} value(s)); `taoflow run {}` serves its results from the store", pipeline.display(), changed.len(), pipeline.display());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprint_error(&e);
+            EXIT_INVALID
+        }
     }
 }
 
-fn show(p: &Pipeline, store: &Store, json: bool) -> i32 {
+fn show(p: &Pipeline, store: &Store, json: bool, all: bool) -> i32 {
     let lock = LockFile::read(&p.lock_path());
-    let mut all = serde_json::Map::new();
-    let mut rows: Vec<(String, String, String)> = Vec::new();
-    for s in &p.stages {
-        if s.def.metrics.is_none() {
-            continue;
-        }
-        let Some(ls) = lock.stages.get(&s.name) else { continue };
-        let Some(m) = store.get_manifest(&ls.key) else { continue };
-        let Some(metrics) = m.metrics else { continue };
-        let mut flat = Vec::new();
-        flatten_json("", &metrics, &mut flat);
-        for (k, v) in flat {
-            rows.push((s.name.clone(), k, v));
-        }
-        all.insert(s.name.clone(), metrics);
-    }
     if json {
+        let all: serde_json::Map<String, serde_json::Value> = crate::results::lock_metrics(&lock, store).into_iter().collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(all)).unwrap_or_default());
         return EXIT_OK;
     }
+    let order: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+    match crate::results::show_table(&order, &lock, store, all) {
+        Some(t) => print!("{t}"),
+        None => println!("no metrics recorded yet: run the pipeline first (`taoflow run {}`)", p.path.display()),
+    }
+    EXIT_OK
+}
+
+/// The lock file and store of a pipeline file, without validating the pipeline (`diff` and
+/// `exp show` read history, where today's file may not even parse).
+fn lock_and_store(cli: &Cli, pipeline: &Path) -> Result<(PathBuf, Store), i32> {
+    let dir = config::pipeline_dir(pipeline).map_err(|(d, e)| {
+        eprint_error(&format!("cannot read the folder {} of {}: {e}", d.display(), pipeline.display()));
+        EXIT_INVALID
+    })?;
+    let stem = pipeline.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
+    let root = store_root(cli.store.as_deref(), &dir);
+    let store = Store::open(&root).map_err(|e| {
+        eprint_error(&format!("{e}\n  = hint: pass --store DIR or set TAOFLOW_STORE"));
+        EXIT_STORE
+    })?;
+    Ok((dir.join(format!("{stem}.lock")), store))
+}
+
+fn lock_at(repo: &crate::git::Repo, rev: &str, lock_path: &Path) -> Result<LockFile, String> {
+    match repo.file_at(rev, lock_path)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| format!("{} at {rev} is not a lock file taoflow reads: {e}", lock_path.display())),
+        None => Ok(LockFile::default()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn diff(cli: &Cli, pipeline: &Path, rev: &str, to: Option<&str>, params: bool, metrics: bool, all: bool, json: bool) -> i32 {
+    let (lock_path, store) = match lock_and_store(cli, pipeline) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let repo = match crate::git::Repo::discover(&lock_path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    let old = match lock_at(&repo, rev, &lock_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    let (new_label, new) = match to {
+        Some(r) => match lock_at(&repo, r, &lock_path) {
+            Ok(l) => (r.to_string(), l),
+            Err(e) => {
+                eprint_error(&e);
+                return EXIT_INVALID;
+            }
+        },
+        None => ("workspace".to_string(), LockFile::read(&lock_path)),
+    };
+    let d = crate::results::diff((rev, &old), (&new_label, &new), &store, all);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+    } else {
+        print!("{}", d.render(params, metrics));
+    }
+    EXIT_OK
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exp_show(cli: &Cli, pipeline: &Path, sort_by: Option<&str>, ascending: bool, max_commits: usize, all: bool, json: bool, csv: bool) -> i32 {
+    use crate::results::ExpRow;
+    let (lock_path, store) = match lock_and_store(cli, pipeline) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let mut rows = Vec::new();
+    let workspace = LockFile::read(&lock_path);
+    let history = match crate::git::Repo::discover(&lock_path) {
+        Ok(repo) => match repo.history(&lock_path, max_commits) {
+            Ok(h) => h,
+            Err(e) => {
+                eprint_error(&e);
+                return EXIT_INVALID;
+            }
+        },
+        // Not a git checkout: the workspace alone.
+        Err(_) => Vec::new(),
+    };
+    let committed_head = history.first().map(|r| r.bytes.clone());
+    if !workspace.stages.is_empty() && committed_head.as_deref() != Some(&workspace.to_bytes()[..]) {
+        rows.push(ExpRow::from_lock("workspace", "workspace", "not committed", None, &workspace, &store));
+    }
+    for (rec, lock) in crate::sweep::list_variants(&store.root, pipeline) {
+        if lock.stages.is_empty() {
+            continue;
+        }
+        let swept = rec.overrides.join(" ");
+        rows.push(ExpRow::from_lock(&rec.name, "variant", &swept, Some(rec.time as i64), &lock, &store));
+    }
+    for r in &history {
+        match serde_json::from_slice::<LockFile>(&r.bytes) {
+            Ok(l) => rows.push(ExpRow::from_lock(&r.id, "commit", &r.summary, Some(r.time), &l, &store)),
+            Err(e) => tracing::warn!("commit {}: its lock file is not one taoflow reads ({e}); left out", r.id),
+        }
+    }
     if rows.is_empty() {
-        println!("no metrics recorded yet: run the pipeline first (stages report metrics with `metrics = \"file.json\"`)");
+        println!("no runs recorded: run `taoflow run {}` (and commit its lock file to keep the run in history)", pipeline.display());
         return EXIT_OK;
     }
-    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
-    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
-    println!("{:<w0$}  {:<w1$}  value", "stage", "metric");
-    for (a, b, c) in rows {
-        println!("{a:<w0$}  {b:<w1$}  {c}");
+    if let Some(m) = sort_by
+        && let Err(e) = crate::results::sort_rows(&mut rows, m, ascending)
+    {
+        eprint_error(&e);
+        return EXIT_INVALID;
+    }
+    let (params, metrics) = crate::results::exp_columns(&rows, all);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+    } else if csv {
+        print!("{}", crate::results::exp_csv(&rows, &params, &metrics));
+    } else {
+        print!("{}", crate::results::exp_table(&rows, &params, &metrics));
     }
     EXIT_OK
 }

@@ -177,8 +177,8 @@ struct Engine {
     opts: RunOptions,
     reporter: Arc<dyn Reporter>,
     cancel: watch::Receiver<bool>,
-    jobs: Semaphore,
-    gpus: GpuPool,
+    jobs: Arc<Semaphore>,
+    gpus: Arc<GpuPool>,
     halt: AtomicBool,
     selected: Vec<bool>,
     forced: Vec<bool>,
@@ -200,6 +200,26 @@ pub fn check_stage_names(p: &Pipeline, names: &[String], flag: &str) -> Result<(
 }
 
 /// Run (or, with `dry_run`, plan) a pipeline.
+/// The job slots and GPUs stages lease: one set per `run`, or one shared by the variants
+/// of a sweep (`crate::sweep`), so that together they use the machine as one run would.
+pub struct Resources {
+    pub jobs: Arc<Semaphore>,
+    pub gpus: Arc<GpuPool>,
+}
+
+impl Resources {
+    pub fn new(jobs: usize, device: DeviceChoice) -> Resources {
+        Resources {
+            jobs: Arc::new(Semaphore::new(jobs.max(1))),
+            gpus: Arc::new(GpuPool::new(match device {
+                // `cuda:N`: GPU N only (none when this machine lacks it: stages then say so).
+                DeviceChoice::Cuda(Some(n)) => crate::gpu::detect().into_iter().filter(|g| *g == n).collect(),
+                _ => crate::gpu::detect(),
+            })),
+        }
+    }
+}
+
 pub async fn run(
     p: Arc<Pipeline>,
     g: Arc<Graph>,
@@ -207,6 +227,20 @@ pub async fn run(
     opts: RunOptions,
     reporter: Arc<dyn Reporter>,
     cancel: watch::Receiver<bool>,
+) -> RunSummary {
+    let res = Resources::new(opts.jobs, opts.device);
+    run_with(p, g, store, opts, reporter, cancel, &res).await
+}
+
+/// `run` on resources shared with other runs (a sweep's variants).
+pub async fn run_with(
+    p: Arc<Pipeline>,
+    g: Arc<Graph>,
+    store: Arc<Store>,
+    opts: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    cancel: watch::Receiver<bool>,
+    res: &Resources,
 ) -> RunSummary {
     let n = p.stages.len();
     let mut selected = vec![opts.only.is_empty(); n];
@@ -229,7 +263,6 @@ pub async fn run(
     }
     let stat = Arc::new(StatCache::load(&store.stat_cache_path()));
     let lock = LockFile::read(&p.lock_path());
-    let jobs = opts.jobs.max(1);
     let engine = Arc::new(Engine {
         p: Arc::clone(&p),
         g: Arc::clone(&g),
@@ -238,12 +271,8 @@ pub async fn run(
         lock,
         reporter,
         cancel,
-        jobs: Semaphore::new(jobs),
-        gpus: GpuPool::new(match opts.device {
-            // `cuda:N`: GPU N only (none when this machine lacks it: stages then say so).
-            DeviceChoice::Cuda(Some(n)) => crate::gpu::detect().into_iter().filter(|g| *g == n).collect(),
-            _ => crate::gpu::detect(),
-        }),
+        jobs: Arc::clone(&res.jobs),
+        gpus: Arc::clone(&res.gpus),
         halt: AtomicBool::new(false),
         selected,
         forced,

@@ -236,3 +236,26 @@ impl Reporter for Ui {
         self.line(&format!("{}: {msg}", self.paint("warning", "1;33")));
     }
 }
+
+/// A throughput for people: whole numbers from 10 up, else 2 significant digits, so a slow
+/// CPU run reads `0.21 img/s`, not `0 img/s`.
+pub fn rate(x: f64) -> String {
+    if !x.is_finite() || x >= 10.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    #[test]
+    fn rates_keep_two_digits_below_ten() {
+        assert_eq!(super::rate(1234.4), "1234");
+        assert_eq!(super::rate(12.6), "13");
+        assert_eq!(super::rate(3.26), "3.3");
+        assert_eq!(super::rate(0.2149), "0.21");
+    }
+}

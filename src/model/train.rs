@@ -539,9 +539,9 @@ pub fn train(
                 done: done + 1,
                 total,
                 message: &if has_accuracy {
-                    format!("epoch {}/{} loss {:.4} acc {:.3} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, hits as f64 / seen.max(1) as f64, rate)
+                    format!("epoch {}/{} loss {:.4} acc {:.3} {} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, hits as f64 / seen.max(1) as f64, crate::ui::rate(rate))
                 } else {
-                    format!("epoch {}/{} loss {:.5} {:.0} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, rate)
+                    format!("epoch {}/{} loss {:.5} {} img/s", epoch + 1, cfg.epochs, loss_sum / seen.max(1) as f64, crate::ui::rate(rate))
                 },
             });
         }
@@ -575,7 +575,7 @@ pub fn train(
             images_per_second: seen as f64 / secs.max(1e-9),
         };
         log(&format!(
-            "epoch {}/{}: lr {:.3e}, train loss {:.5}{}{}, {:.1}s ({:.0} img/s)",
+            "epoch {}/{}: lr {:.3e}, train loss {:.5}{}{}, {:.1}s ({} img/s)",
             rec.epoch,
             cfg.epochs,
             rec.lr,
@@ -587,7 +587,7 @@ pub fn train(
                 _ => String::new(),
             },
             rec.seconds,
-            rec.images_per_second
+            crate::ui::rate(rec.images_per_second)
         ));
         history.push(rec);
         if let Some(dir) = ckpt_dir

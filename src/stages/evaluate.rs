@@ -191,7 +191,7 @@ impl StageKind for Evaluate {
                     Ok(())
                 })?;
                 let tk: Vec<String> = report.top_k.iter().map(|(k, v)| format!("top-{k} {:.4}", v)).collect();
-                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}; {ips:.0} img/s forward ({engine})", report.samples, tk.join(", "), report.macro_avg.f1)])
+                Ok(vec![format!("{} samples of `{split}`: {}; macro F1 {:.4}; {} img/s forward ({engine})", report.samples, tk.join(", "), report.macro_avg.f1, crate::ui::rate(ips))])
             })
             .await
             .map_err(|e| StageError::Failed(format!("evaluate crashed: {e}")))?
@@ -302,7 +302,7 @@ fn evaluate_detector(model: &Path, dataset: &Path, split: &str, batch: usize, de
     })?;
     let ap50 = report.coco.get("AP50").and_then(|v| v.as_f64()).unwrap_or(-1.0);
     let ap = report.coco.get("AP").and_then(|v| v.as_f64()).unwrap_or(-1.0);
-    Ok(vec![format!("{} images of `{split}`, {} boxes, {} detections: TAO mAP {:.4}, COCO AP {ap:.4}, AP50 {ap50:.4}; {ips:.0} img/s forward ({engine})", report.images, report.ground_truth, report.detections, report.tao.map.unwrap_or(0.0))])
+    Ok(vec![format!("{} images of `{split}`, {} boxes, {} detections: TAO mAP {:.4}, COCO AP {ap:.4}, AP50 {ap50:.4}; {} img/s forward ({engine})", report.images, report.ground_truth, report.detections, report.tao.map.unwrap_or(0.0), crate::ui::rate(ips))])
 }
 
 /// The row-normalised confusion matrix as a heat map (true classes down, predicted across).

@@ -618,7 +618,7 @@ fn run_training(
         if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
             s.push_str(&format!(", val loss {l:.4}, val acc {a:.4}"));
         }
-        s.push_str(&format!(" ({:.0} img/s)", r.images_per_second));
+        s.push_str(&format!(" ({} img/s)", crate::ui::rate(r.images_per_second)));
         notes.insert(0, s);
     }
     Ok(notes)
