@@ -10,6 +10,9 @@ command -v awk >/dev/null || { apt-get update -qq && apt-get install -y -qq mawk
 # pipelines/fashion-mnist.toml reads Debian's Fashion-MNIST; the dry-run test of every
 # committed pipeline needs it there.
 [ -d /usr/share/datasets/fashion-mnist ] || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+# `taoflow report` is checked in a real browser (tests/report.rs): Debian's headless Chromium.
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+export TAOFLOW_REQUIRE_CHROMIUM=1
 # A C++ compiler runs kernels/depthwise.cu on the CPU (kernels/host/depthwise_check.cpp).
 command -v c++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
 export TAOFLOW_REQUIRE_CXX=1

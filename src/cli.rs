@@ -199,6 +199,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one self-contained HTML report of the last run: the stage graph and states, a
+    /// timeline, metrics, training curves, confusion matrices, prune and INT8 tables, dataset
+    /// statistics with samples, and the PNGs stages wrote. No network needed to view it.
+    Report {
+        #[command(flatten)]
+        p: PipelineArg,
+        /// Where to write it (default: outputs/PIPELINE/report.html beside the pipeline).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Overlay the training curves of another run: a sweep variant's name or a git
+        /// revision (repeatable).
+        #[arg(long, value_name = "VARIANT|REV")]
+        compare: Vec<String>,
+    },
     /// Experiments: the runs recorded in git history and the workspace, side by side.
     Exp {
         #[command(subcommand)]

@@ -241,6 +241,13 @@ pub async fn main(cli: Cli) -> i32 {
             };
             show(&pipeline, &store, *json, *all)
         }
+        Command::Report { p, output, compare } => {
+            let (pipeline, g, store) = match load_all(&cli, p) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            report(&pipeline, g, store, &p.pipeline, output.as_deref(), compare).await
+        }
         Command::Diff { pipeline, rev, to, params, metrics, all, json } => diff(&cli, pipeline, rev, to.as_deref(), *params, *metrics, *all, *json),
         Command::Exp { what: crate::cli::ExpCommand::Show { pipeline, sort_by, ascending, max_commits, all, json, csv } } => {
             exp_show(&cli, pipeline, sort_by.as_deref(), *ascending, *max_commits, *all, *json, *csv)
@@ -528,6 +535,96 @@ fn exp_apply(cli: &Cli, pipeline: &Path, name: &str) -> i32 {
         Err(e) => {
             eprint_error(&e);
             EXIT_INVALID
+        }
+    }
+}
+
+/// A run's lock file by name: a sweep variant of the pipeline, else a git revision.
+fn named_lock(store: &Store, pipeline: &Path, lock_path: &Path, name: &str) -> Result<LockFile, String> {
+    if let Some((_, l)) = crate::sweep::list_variants(&store.root, pipeline).into_iter().find(|(r, _)| r.name == name) {
+        return Ok(l);
+    }
+    let repo = crate::git::Repo::discover(lock_path).map_err(|e| format!("`{name}` is no variant of this pipeline, and {e}"))?;
+    lock_at(&repo, name, lock_path).map_err(|e| format!("`{name}` is no variant of this pipeline, and {e}"))
+}
+
+async fn report(p: &Arc<Pipeline>, g: Arc<Graph>, store: Arc<Store>, pipeline_path: &Path, output: Option<&Path>, compare: &[String]) -> i32 {
+    // Each stage's state, as `taoflow status` finds it (a dry run).
+    struct Silent;
+    impl engine::Reporter for Silent {
+        fn started(&self, _: &str) {}
+        fn waiting(&self, _: &str, _: &str) {}
+        fn finished(&self, _: &engine::StageReport) {}
+        fn warn(&self, m: &str) {
+            eprintln!("warning: {m}");
+        }
+    }
+    let (_tx, rx) = watch::channel(false);
+    let opts = RunOptions { dry_run: true, jobs: 4, ..Default::default() };
+    let s = engine::run(Arc::clone(p), Arc::clone(&g), Arc::clone(&store), opts, Arc::new(Silent), rx).await;
+    let lock = LockFile::read(&p.lock_path());
+    let mut others = Vec::new();
+    for name in compare {
+        match named_lock(&store, pipeline_path, &p.lock_path(), name) {
+            Ok(l) => others.push((name.clone(), crate::results::lock_metrics(&l, &store))),
+            Err(e) => {
+                eprint_error(&e);
+                return EXIT_INVALID;
+            }
+        }
+    }
+    let mut stages = Vec::new();
+    for (i, st) in p.stages.iter().enumerate() {
+        let rep = s.reports.iter().find(|r| r.stage == st.name);
+        let in_lock = lock.stages.get(&st.name);
+        let (state, class) = match rep.map(|r| r.status) {
+            Some(Status::Cached) => ("up to date", "ok"),
+            Some(Status::WouldRun) if in_lock.is_some() => ("stale", "stale"),
+            Some(Status::Failed) => ("cannot run", "bad"),
+            _ => ("not run", "none"),
+        };
+        let manifest = in_lock.and_then(|l| store.get_manifest(&l.key));
+        let own_key = in_lock.map(|l| l.key.clone());
+        let compare_runs = others
+            .iter()
+            .filter_map(|(n, m)| m.get(&st.name).map(|v| (n.clone(), v.clone())))
+            .filter(|(_, v)| manifest.as_ref().and_then(|m| m.metrics.as_ref()) != Some(v) || own_key.is_none())
+            .collect();
+        stages.push(crate::report::StageView {
+            name: st.name.clone(),
+            kind: st.kind.name().to_string(),
+            description: st.def.description.clone(),
+            state: state.to_string(),
+            state_class: class,
+            reasons: if class == "stale" { rep.map(|r| r.reasons.clone()).unwrap_or_default() } else { Vec::new() },
+            upstream: g.upstream[i].clone(),
+            manifest,
+            outputs: st.def.outputs.iter().map(|o| (o.name.clone(), p.dir.join(&o.path))).collect(),
+            compare: compare_runs,
+        });
+    }
+    let input = crate::report::ReportInput {
+        pipeline: p.name.clone(),
+        file: pipeline_path.display().to_string(),
+        generated: crate::report::unix_text(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+        version: crate::cli::VERSION.to_string(),
+        stages,
+    };
+    let html = crate::report::render(&input);
+    let out = output.map(Path::to_path_buf).unwrap_or_else(|| p.dir.join("outputs").join(&p.name).join("report.html"));
+    if let Some(parent) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    match crate::store::write_atomic(&out, html.as_bytes()) {
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644));
+            eprintln!("wrote {} ({} KB): open it in a browser", out.display(), html.len() / 1024);
+            EXIT_OK
+        }
+        Err(e) => {
+            eprint_error(&format!("cannot write {}: {e}", out.display()));
+            EXIT_STORE
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod report;
 pub mod results;
 pub mod stages;
 pub mod store;
