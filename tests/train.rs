@@ -280,9 +280,16 @@ fn progress_lines_without_a_terminal() {
     let p = Project::new();
     learnable(&p.path("imgs"), 24);
     pipeline(&p, "epochs = 2");
+    let mut toml = p.read("p.toml");
+    toml.push_str("[stages.quantize]\nkind = \"quantize\"\nmodel = \"train.model\"\ndataset = \"convert\"\ncalibration_batches = 2\nbatch_size = 8\n");
+    p.write("p.toml", &toml);
     let out = p.cmd(&["run", "p.toml"]).env("TAOFLOW_PROGRESS_INTERVAL", "0").output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{e}");
+    // Other stages' long steps: conversion, calibration and the INT8 check.
+    assert!(e.contains("progress convert: ") && e.contains("samples (writing `"), "{e}");
+    assert!(e.contains("progress quantize: calibration: 16 images in 2 batches"), "{e}");
+    assert!(e.contains("progress quantize: check: "), "{e}");
     for ep in 1..=2 {
         assert!(e.contains(&format!("progress train: epoch {ep}/2: lr ")), "no line for epoch {ep}:\n{e}");
     }

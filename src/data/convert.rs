@@ -90,6 +90,18 @@ pub struct ConvertSpec {
     pub seed: u64,
     /// Set to stop early (Ctrl-C): `convert` returns `DataError::Invalid("interrupted")`.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Told `(samples done, samples in all, split)` after each chunk of 256 samples.
+    pub progress: Option<ProgressCallback>,
+}
+
+/// `ConvertSpec::progress`: a callback that can sit in a `Debug`, `Clone` spec.
+#[derive(Clone)]
+pub struct ProgressCallback(pub std::sync::Arc<dyn Fn(u64, u64, &str) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressCallback")
+    }
 }
 
 /// What `convert` made, and what the user should hear about.
@@ -278,6 +290,8 @@ pub fn convert(spec: &ConvertSpec, out: &Path) -> Result<ConvertReport, DataErro
     let mut manifest_splits = BTreeMap::new();
     let mut stats = StatsAcc::default();
     let mut filtered = 0;
+    let total: u64 = assignments.values().map(|m| m.len() as u64).sum();
+    let mut done = 0u64;
     for (split, mut members) in assignments {
         members.sort();
         Rng::for_purpose(spec.seed, &format!("order/{split}")).shuffle(&mut members);
@@ -288,6 +302,10 @@ pub fn convert(spec: &ConvertSpec, out: &Path) -> Result<ConvertReport, DataErro
                 return Err(DataError::Invalid("interrupted".into()));
             }
             let results: Vec<Result<Option<Vec<Processed>>, Bad>> = chunk.par_iter().map(|&i| process(&collected.items[i], spec, &classes)).collect();
+            done += chunk.len() as u64;
+            if let Some(cb) = &spec.progress {
+                (cb.0)(done, total, &split);
+            }
             for r in results {
                 match r {
                     Ok(Some(ps)) => {

@@ -307,6 +307,7 @@ impl StageKind for Convert {
             tile,
             seed: 0,
             cancel: None,
+            progress: None,
         };
         let out = OutputDecl { name: "dataset".into(), path: PathBuf::from("outputs").join(stage).join("dataset"), span: source_node.span.clone(), owned: true };
         Some(StageDef {
@@ -333,6 +334,9 @@ impl StageKind for Convert {
             spec.seed = ctx.seed as u64;
             let flag = Arc::new(AtomicBool::new(false));
             spec.cancel = Some(Arc::clone(&flag));
+            // Long conversions say how far they are (plain lines without a terminal).
+            let progress = ctx.progress.clone();
+            spec.progress = Some(crate::data::convert::ProgressCallback(Arc::new(move |done, total, split: &str| progress.update(done, total, &format!("{done}/{total} samples (writing `{split}`)")))));
             let out = ctx.outputs["dataset"].clone();
             let log = ctx.log.clone();
             let mut cancel = ctx.cancel.clone();

@@ -131,7 +131,8 @@ impl StageKind for Quantize {
         Box::pin(async move {
             let cfg: QuantizeConfig = crate::stages::typed(ctx, "quantize")?;
             let (model, dataset, out) = (ctx.inputs["model"].clone(), ctx.inputs["dataset"].clone(), ctx.outputs["int8"].clone());
-            crate::stages::blocking("quantize", move || quantize_artifact(&model, &dataset, &out, &cfg)).await
+            let progress = ctx.progress.clone();
+            crate::stages::blocking("quantize", move || quantize_artifact(&model, &dataset, &out, &cfg, &progress)).await
         })
     }
 }
@@ -153,7 +154,9 @@ pub fn onnx_top1(m: &crate::model::onnx_run::OnnxModel, ds: &Dataset, split: &st
     Ok((if n == 0 { 0.0 } else { right as f64 / n as f64 }, n))
 }
 
-pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &QuantizeConfig) -> Result<Vec<String>, String> {
+/// Calibrate, quantize, check INT8 against FP32 and write the artifact; the end of each long
+/// step (calibration, the check) is a `progress` note.
+pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &QuantizeConfig, progress: &crate::stages::ProgressFn) -> Result<Vec<String>, String> {
     use burn::backend::NdArray;
     use prost::Message;
     type B = NdArray<f32>;
@@ -192,6 +195,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
     ranges.insert(low.input.clone(), crate::model::calibrate::input_range(&g.input));
     let spec = crate::model::calibrate::quant_spec(&ranges, &low.quantized_tensors(&g), cfg.act_type)?;
     let calib_secs = t0.elapsed().as_secs_f64();
+    progress.note(&format!("calibration: {images} images in {} batches, {calib_secs:.1}s ({calib_engine})", batches.len()));
     let meta = vec![
         ("taoflow.quantization".to_string(), serde_json::json!({"method": cfg.method, "activation_type": cfg.act_type, "weights": "int8 symmetric per output channel", "calibration_images": images}).to_string()),
     ];
@@ -213,6 +217,7 @@ pub fn quantize_artifact(model: &Path, dataset: &Path, out: &Path, cfg: &Quantiz
         let (metric, a32, n) = crate::tasks::onnx_quality(&g, &fp32, &ds, split, 64)?;
         let (_, a8, _) = crate::tasks::onnx_quality(&g, &int8, &ds, split, 64)?;
         let drop = 100.0 * (a32 - a8);
+        progress.note(&format!("check: {metric} on {n} images of `{split}`, FP32 {a32:.4}, INT8 {a8:.4}"));
         eval = serde_json::json!({"split": split, "samples": n, "runtime": if fp32.engine() == int8.engine() { fp32.engine() } else { format!("FP32 {}, INT8 {}", fp32.engine(), int8.engine()) }, "metric": metric, format!("fp32_{metric}"): a32, format!("int8_{metric}"): a8, format!("{metric}_drop_points"): drop});
         summary = format!("; {metric} on `{split}` FP32 {a32:.4} -> INT8 {a8:.4} ({:+.2} points)", -drop);
         drop_points = Some((metric, drop));
