@@ -281,7 +281,7 @@ fn progress_lines_without_a_terminal() {
     learnable(&p.path("imgs"), 24);
     pipeline(&p, "epochs = 2");
     let mut toml = p.read("p.toml");
-    toml.push_str("[stages.quantize]\nkind = \"quantize\"\nmodel = \"train.model\"\ndataset = \"convert\"\ncalibration_batches = 2\nbatch_size = 8\n");
+    toml.push_str("[stages.quantize]\nkind = \"quantize\"\nmodel = \"train.model\"\ndataset = \"convert\"\ncalibration_batches = 2\nbatch_size = 8\n[stages.export]\nkind = \"export\"\nmodel = \"train.model\"\n");
     p.write("p.toml", &toml);
     let out = p.cmd(&["run", "p.toml"]).env("TAOFLOW_PROGRESS_INTERVAL", "0").output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr).to_string();
@@ -290,6 +290,7 @@ fn progress_lines_without_a_terminal() {
     assert!(e.contains("progress convert: ") && e.contains("samples (writing `"), "{e}");
     assert!(e.contains("progress quantize: calibration: 16 images in 2 batches"), "{e}");
     assert!(e.contains("progress quantize: check: "), "{e}");
+    assert!(e.contains("progress export: check: ") && e.contains("max relative difference"), "{e}");
     for ep in 1..=2 {
         assert!(e.contains(&format!("progress train: epoch {ep}/2: lr ")), "no line for epoch {ep}:\n{e}");
     }

@@ -91,7 +91,8 @@ impl StageKind for Export {
             let p: Parsed = crate::stages::typed(ctx, "export")?;
             let (model, out) = (ctx.inputs["model"].clone(), ctx.outputs["onnx"].clone());
             let opts = ExportOptions { precision: p.precision, opset: p.opset, fold_batchnorm: p.fold_batchnorm, metadata: Vec::new() };
-            crate::stages::blocking("export", move || export_artifact(&model, &out, &opts)).await
+            let progress = ctx.progress.clone();
+            crate::stages::blocking("export", move || export_artifact(&model, &out, &opts, &progress)).await
         })
     }
 }
@@ -139,13 +140,16 @@ pub fn check_against_burn(g: &ModelGraph, w: &HashMap<String, WeightData>, onnx:
     Ok((got.iter().zip(&want).map(|(a, b)| max_rel_diff(a, b)).fold(0.0, f64::max), m.engine()))
 }
 
-pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Vec<String>, String> {
+/// Export, check the ONNX file against the model (a `progress` note says how it went), write.
+pub fn export_artifact(model: &Path, out: &Path, opts: &ExportOptions, progress: &crate::stages::ProgressFn) -> Result<Vec<String>, String> {
     use prost::Message;
     let (g, w) = crate::model::artifact::read_raw(model)?;
     let proto = crate::model::onnx::export(&g, &w, opts, None).map_err(|e| format!("cannot export `{}`: {e}", g.arch))?;
     let bytes = proto.encode_to_vec();
+    let t0 = std::time::Instant::now();
     let (diff, engine) = check_against_burn(&g, &w, &bytes)?;
     let tol = if opts.precision == Precision::Fp16 { 2e-2 } else { 1e-4 };
+    progress.note(&format!("check: {engine} vs the model on random input, max relative difference {diff:.1e} (allowed {tol:.0e}), {:.1}s", t0.elapsed().as_secs_f64()));
     if diff > tol {
         return Err(format!("internal: the exported ONNX model differs from the model by {diff:.2e} (relative; allowed {tol:.0e}) on random input — please report this"));
     }
