@@ -48,7 +48,9 @@ sed -i 's/params = { x = 5 }/params = { x = 50 }/; s/params = { x = 0 }/params =
 "$TAOFLOW" run p.toml -q >/dev/null 2>&1
 git add p.toml p.lock && git commit -qm change
 VALUES=$(seq -s, 1 "$N")
+t0=$(python3 -c 'import time; print(time.time())')
 "$TAOFLOW" run p.toml -q -S "score.x=$VALUES" >/dev/null 2>&1
+echo "taoflow  sweep of $N variants took $(python3 -c "import time; print(round(time.time() - $t0, 1))") s"
 ROWS=$("$TAOFLOW" exp show p.toml --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
 echo "taoflow  exp show ($ROWS rows)          $(median "$TAOFLOW" exp show p.toml)"
 echo "taoflow  exp show --json ($ROWS rows)   $(median "$TAOFLOW" exp show p.toml --json)"
@@ -69,7 +71,7 @@ D=$W/dvc && mkdir -p "$D" && cd "$D" && git init -q -b main && "$DVC" init -q
     echo "    params: [s$i.x]"; echo "    outs: [o$i.txt]"
   done
   echo '  score:'
-  echo '    cmd: printf "{\"score\": %s, \"lines\": %s}" ${score.x} $(wc -l < o20.txt) > metrics.json'
+  echo "    cmd: 'printf \"{\\\"score\\\": %s, \\\"lines\\\": %s}\" \${score.x} \$(wc -l < o20.txt) > metrics.json'"
   echo '    deps: [o20.txt]'; echo '    params: [score.x]'
   echo '    metrics: [{metrics.json: {cache: false}}]'
 } > dvc.yaml
@@ -85,7 +87,7 @@ PY
 git add -A && git commit -qm change
 t0=$(date +%s)
 for v in $(seq 1 "$N"); do "$DVC" exp run -q -S "score.x=$v" >/dev/null 2>&1; done
-echo "dvc      $N x exp run took $(( $(date +%s) - t0 )) s (taoflow's sweep: see above)"
+echo "dvc      $N x exp run took $(( $(date +%s) - t0 )) s"
 DROWS=$("$DVC" exp show --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 + len(c.get("experiments") or []) for c in d))')
 echo "dvc      exp show ($DROWS rows)          $(median "$DVC" exp show --no-pager --csv)"
 echo "dvc      exp show --json ($DROWS rows)   $(median "$DVC" exp show --json)"
