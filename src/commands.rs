@@ -26,15 +26,10 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Where the store is: `--store`/`TAOFLOW_STORE`, else `cache/` in the nearest folder
 /// above the pipeline that has a `cache/` folder or is a git checkout, else beside it.
 pub fn store_root(flag: Option<&Path>, pipeline_dir: &Path) -> PathBuf {
-    if let Some(s) = flag {
-        return s.to_path_buf();
+    match flag {
+        Some(s) => s.to_path_buf(),
+        None => config::project_root(pipeline_dir).join("cache"),
     }
-    for anc in pipeline_dir.ancestors() {
-        if anc.join("cache").is_dir() || anc.join(".git").exists() {
-            return anc.join("cache");
-        }
-    }
-    pipeline_dir.join("cache")
 }
 
 /// The CUDA driver's JIT cache in the store: `CUDA_CACHE_PATH=<store>/cuda-jit` for `run`,
@@ -145,36 +140,10 @@ pub async fn main(cli: Cli) -> i32 {
                     return EXIT_INVALID;
                 }
             };
-            if !axes.is_empty() || sweep.is_some() {
-                let opts = RunOptions {
-                    dry_run: *dry_run,
-                    force_all: force.iter().any(|f| f == "*"),
-                    force: force.iter().filter(|f| *f != "*").cloned().collect(),
-                    only: only.clone(),
-                    downstream: *downstream,
-                    jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-                    keep_going: *keep_going,
-                    device: *device,
-                };
-                let ui = Arc::new(Ui::with_progress(*json, *progress, *quiet));
-                return run_sweep(&cli, &p.pipeline, &fixed, &axes, sweep.unwrap_or(crate::sweep::Mode::Grid), opts, ui, *json).await;
-            }
-            let (pipeline, g, store) = match load_all(&cli, p) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
-            let force_all = force.iter().any(|f| f == "*");
-            let force: Vec<String> = force.iter().filter(|f| *f != "*").cloned().collect();
-            for (names, flag) in [(&force, "--force"), (only, "--only")] {
-                if let Err(e) = engine::check_stage_names(&pipeline, names, flag) {
-                    eprint_error(&e);
-                    return EXIT_INVALID;
-                }
-            }
             let opts = RunOptions {
                 dry_run: *dry_run,
-                force_all,
-                force,
+                force_all: force.iter().any(|f| f == "*"),
+                force: force.iter().filter(|f| *f != "*").cloned().collect(),
                 only: only.clone(),
                 downstream: *downstream,
                 jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
@@ -182,6 +151,17 @@ pub async fn main(cli: Cli) -> i32 {
                 device: *device,
             };
             let ui = Arc::new(Ui::with_progress(*json, *progress, *quiet));
+            if !axes.is_empty() || sweep.is_some() {
+                return run_sweep(&cli, &p.pipeline, &fixed, &axes, sweep.unwrap_or(crate::sweep::Mode::Grid), opts, ui, *json).await;
+            }
+            let (pipeline, g, store) = match load_all(&cli, p) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            if let Err(e) = check_flags(&pipeline, &opts) {
+                eprint_error(&e);
+                return EXIT_INVALID;
+            }
             let cancel = cancel_on_signals();
             let s = engine::run(pipeline, g, store, opts, ui, cancel).await;
             if !*json {
@@ -194,18 +174,7 @@ pub async fn main(cli: Cli) -> i32 {
                 Ok(x) => x,
                 Err(c) => return c,
             };
-            let opts = RunOptions { dry_run: true, jobs: 4, ..Default::default() };
-            struct Silent;
-            impl engine::Reporter for Silent {
-                fn started(&self, _: &str) {}
-                fn waiting(&self, _: &str, _: &str) {}
-                fn finished(&self, _: &engine::StageReport) {}
-                fn warn(&self, m: &str) {
-                    eprintln!("warning: {m}");
-                }
-            }
-            let (_tx, rx) = watch::channel(false);
-            let s = engine::run(Arc::clone(&pipeline), g, store, opts, Arc::new(Silent), rx).await;
+            let s = dry_run(Arc::clone(&pipeline), g, store).await;
             if *json {
                 for r in &s.reports {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());
@@ -437,6 +406,14 @@ fn mermaid_id(s: &str) -> String {
     format!("s_{}", s.replace('-', "_"))
 }
 
+/// `--force STAGE` and `--only STAGE` must name stages of the pipeline.
+fn check_flags(p: &Pipeline, opts: &RunOptions) -> Result<(), String> {
+    for (names, flag) in [(&opts.force, "--force"), (&opts.only, "--only")] {
+        engine::check_stage_names(p, names, flag)?;
+    }
+    Ok(())
+}
+
 /// `taoflow run P -S a.b=1,2 ...`: the variants of a sweep, at once (`crate::sweep`).
 #[allow(clippy::too_many_arguments)]
 async fn run_sweep(cli: &Cli, pipeline: &Path, fixed: &[String], axes: &[crate::sweep::Axis], mode: crate::sweep::Mode, opts: RunOptions, ui: Arc<Ui>, json: bool) -> i32 {
@@ -460,11 +437,9 @@ async fn run_sweep(cli: &Cli, pipeline: &Path, fixed: &[String], axes: &[crate::
             return EXIT_INVALID;
         }
     };
-    for names in [&opts.force, &opts.only] {
-        if let Err(e) = engine::check_stage_names(&base, names, "--only/--force") {
-            eprint_error(&e);
-            return EXIT_INVALID;
-        }
+    if let Err(e) = check_flags(&base, &opts) {
+        eprint_error(&e);
+        return EXIT_INVALID;
     }
     let store = match open_store(cli, &base) {
         Ok(s) => s,
@@ -539,17 +514,8 @@ fn exp_apply(cli: &Cli, pipeline: &Path, name: &str) -> i32 {
     }
 }
 
-/// A run's lock file by name: a sweep variant of the pipeline, else a git revision.
-fn named_lock(store: &Store, pipeline: &Path, lock_path: &Path, name: &str) -> Result<LockFile, String> {
-    if let Some((_, l)) = crate::sweep::list_variants(&store.root, pipeline).into_iter().find(|(r, _)| r.name == name) {
-        return Ok(l);
-    }
-    let repo = crate::git::Repo::discover(lock_path).map_err(|e| format!("`{name}` is no variant of this pipeline, and {e}"))?;
-    lock_at(&repo, name, lock_path).map_err(|e| format!("`{name}` is no variant of this pipeline, and {e}"))
-}
-
-async fn report(p: &Arc<Pipeline>, g: Arc<Graph>, store: Arc<Store>, pipeline_path: &Path, output: Option<&Path>, compare: &[String]) -> i32 {
-    // Each stage's state, as `taoflow status` finds it (a dry run).
+/// What a run would do now, silently (warnings aside): `status` and `report` show it.
+async fn dry_run(p: Arc<Pipeline>, g: Arc<Graph>, store: Arc<Store>) -> RunSummary {
     struct Silent;
     impl engine::Reporter for Silent {
         fn started(&self, _: &str) {}
@@ -561,7 +527,21 @@ async fn report(p: &Arc<Pipeline>, g: Arc<Graph>, store: Arc<Store>, pipeline_pa
     }
     let (_tx, rx) = watch::channel(false);
     let opts = RunOptions { dry_run: true, jobs: 4, ..Default::default() };
-    let s = engine::run(Arc::clone(p), Arc::clone(&g), Arc::clone(&store), opts, Arc::new(Silent), rx).await;
+    engine::run(p, g, store, opts, Arc::new(Silent), rx).await
+}
+
+/// A run's lock file by name: a sweep variant of the pipeline, else a git revision.
+fn named_lock(store: &Store, pipeline: &Path, lock_path: &Path, name: &str) -> Result<LockFile, String> {
+    if let Some((_, l)) = crate::sweep::list_variants(&store.root, pipeline).into_iter().find(|(r, _)| r.name == name) {
+        return Ok(l);
+    }
+    let repo = crate::git::Repo::discover(lock_path).map_err(|e| format!("`{name}` is no variant of this pipeline, and {e}"))?;
+    lock_at(&repo, name, lock_path).map_err(|e| format!("`{name}` is no variant of this pipeline, and {e}"))
+}
+
+async fn report(p: &Arc<Pipeline>, g: Arc<Graph>, store: Arc<Store>, pipeline_path: &Path, output: Option<&Path>, compare: &[String]) -> i32 {
+    // Each stage's state, as `taoflow status` finds it.
+    let s = dry_run(Arc::clone(p), Arc::clone(&g), Arc::clone(&store)).await;
     let lock = LockFile::read(&p.lock_path());
     let mut others = Vec::new();
     for name in compare {
@@ -651,13 +631,12 @@ fn lock_and_store(cli: &Cli, pipeline: &Path) -> Result<(PathBuf, Store), i32> {
         eprint_error(&format!("cannot read the folder {} of {}: {e}", d.display(), pipeline.display()));
         EXIT_INVALID
     })?;
-    let stem = pipeline.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
     let root = store_root(cli.store.as_deref(), &dir);
     let store = Store::open(&root).map_err(|e| {
         eprint_error(&format!("{e}\n  = hint: pass --store DIR or set TAOFLOW_STORE"));
         EXIT_STORE
     })?;
-    Ok((dir.join(format!("{stem}.lock")), store))
+    Ok((config::lock_path_for(&dir, pipeline), store))
 }
 
 fn lock_at(repo: &crate::git::Repo, rev: &str, lock_path: &Path) -> Result<LockFile, String> {

@@ -42,8 +42,7 @@ impl Pipeline {
     }
     /// The lock file that sits beside the pipeline file: `x.toml` -> `x.lock`.
     pub fn lock_path(&self) -> PathBuf {
-        let file = self.path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
-        self.dir.join(format!("{file}.lock"))
+        lock_path_for(&self.dir, &self.path)
     }
 }
 
@@ -61,6 +60,24 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline, Diags> {
     })?;
     let dir = pipeline_dir(path).map_err(|(dir, e)| Diag::error(format!("cannot open folder `{}`: {e}", dir.display())))?;
     parse(path, dir, text, overrides)
+}
+
+/// The lock file of pipeline file `file` in its folder `dir`: `x.toml` → `dir/x.lock`.
+pub fn lock_path_for(dir: &Path, file: &Path) -> PathBuf {
+    let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
+    dir.join(format!("{stem}.lock"))
+}
+
+/// The project a pipeline belongs to: the nearest folder above it that holds `cache/` or is
+/// a git checkout, else the pipeline's own folder. The store defaults to its `cache/`; a
+/// sweep's variant workspaces mirror it.
+pub fn project_root(pipeline_dir: &Path) -> PathBuf {
+    for anc in pipeline_dir.ancestors() {
+        if anc.join("cache").is_dir() || anc.join(".git").exists() {
+            return anc.to_path_buf();
+        }
+    }
+    pipeline_dir.to_path_buf()
 }
 
 /// The folder a pipeline file lives in, canonical (relative paths and the store are

@@ -134,11 +134,8 @@ fn fmt_draw(x: f64, int: bool) -> String {
     if int {
         format!("{}", x.round() as i64)
     } else {
-        // Four significant digits: readable names and TOML floats (always with a `.` or `e`).
-        let s = format!("{x:.4e}");
-        let v: f64 = s.parse().unwrap_or(x);
-        let t = format!("{v}");
-        if t.contains(['.', 'e', 'E']) || t.contains("inf") || t.contains("NaN") { t } else { format!("{t}.0") }
+        // Four significant digits, written as the lock file writes floats (always a TOML float).
+        crate::value::fmt_float(format!("{x:.4e}").parse().unwrap_or(x))
     }
 }
 
@@ -223,7 +220,7 @@ pub fn list_variants(store_root: &Path, pipeline: &Path) -> Vec<(VariantRecord, 
     for e in rd.flatten() {
         let Ok(bytes) = std::fs::read(e.path().join(RECORD)) else { continue };
         let Ok(rec) = serde_json::from_slice::<VariantRecord>(&bytes) else { continue };
-        let Some(lock) = variant_lock_path(&e.path(), &rec) else { continue };
+        let Some(lock) = variant_lock_path(&e.path()) else { continue };
         out.push((rec, LockFile::read(&lock)));
     }
     out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -231,23 +228,10 @@ pub fn list_variants(store_root: &Path, pipeline: &Path) -> Vec<(VariantRecord, 
 }
 
 /// A variant's lock file: the pipeline's lock file name at the pipeline's place in the mirror.
-fn variant_lock_path(variant_dir: &Path, rec: &VariantRecord) -> Option<PathBuf> {
+fn variant_lock_path(variant_dir: &Path) -> Option<PathBuf> {
     let rel = std::fs::read_to_string(variant_dir.join("pipeline-path")).ok()?;
     let p = variant_dir.join("ws").join(rel.trim());
-    let stem = p.file_stem()?.to_string_lossy().to_string();
-    let _ = rec;
-    Some(p.with_file_name(format!("{stem}.lock")))
-}
-
-/// The project folder a variant's workspace mirrors: the nearest folder above the pipeline
-/// that is a git checkout or holds `cache/`, else the pipeline's own folder.
-pub fn project_root(pipeline_dir: &Path) -> PathBuf {
-    for anc in pipeline_dir.ancestors() {
-        if anc.join(".git").exists() || anc.join("cache").is_dir() {
-            return anc.to_path_buf();
-        }
-    }
-    pipeline_dir.to_path_buf()
+    Some(crate::config::lock_path_for(p.parent()?, &p))
 }
 
 /// Make (or refresh) `dest` as a mirror of `root`: every entry a symlink to the real one,
@@ -318,7 +302,7 @@ pub fn prepare(pipeline_path: &Path, fixed: &[String], variants: &[Vec<String>],
         let overrides: Vec<String> = fixed.iter().chain(swept.iter()).cloned().collect();
         let p0 = crate::config::load(&abs, &overrides).map_err(|d| d.render(color))?;
         crate::graph::build(&p0).map_err(|d| d.render(color))?;
-        let root = project_root(&p0.dir);
+        let root = crate::config::project_root(&p0.dir);
         let within = |p: &Path| p.starts_with(&root);
         let mut real: BTreeSet<PathBuf> = p0.dir.ancestors().filter(|a| within(a)).map(Path::to_path_buf).collect();
         let mut skip: BTreeSet<PathBuf> = [p0.lock_path(), store_abs.clone()].into();
