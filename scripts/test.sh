@@ -18,8 +18,14 @@ command -v c++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++;
 export TAOFLOW_REQUIRE_CXX=1
 # onnxruntime runs our exported FP32 and INT8 (QDQ) models in the parity tests.
 # pycocotools is the reference for `eval-detections`' COCO metrics (tests/detection_eval.rs).
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0' 'scikit-learn==1.9.1' 'onnxruntime==1.32.0' 'pycocotools==2.0.10'
+# jsonschema (the reference JSON Schema validator) checks `taoflow schema` (tests/schema.rs).
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'webdataset==1.0.2' 'pillow==13.0.0' 'scikit-learn==1.9.1' 'onnxruntime==1.32.0' 'pycocotools==2.0.10' 'jsonschema==4.26.0'
 export TAOFLOW_REQUIRE_PYTHON=1
+# Taplo (the engine of the Even Better TOML editor extension) checks the committed pipelines
+# against `taoflow schema`'s output through .taplo.toml, as an editor does (tests/schema.rs).
+TAPLO="$PWD/target/test-tools/node_modules/.bin/taplo"
+[ -x "$TAPLO" ] || npm install --silent --no-audit --no-fund --prefix target/test-tools '@taplo/cli@0.7.0'
+export TAOFLOW_TAPLO="$TAPLO" TAOFLOW_REQUIRE_TAPLO=1
 # NVIDIA's NVRTC wheel lets CI compile our CUDA kernels without a GPU or a CUDA toolkit
 # (13.0.x: PTX from a newer NVRTC may be refused by the GPU machine's 13.0 driver).
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'nvidia-cuda-nvrtc==13.0.88'

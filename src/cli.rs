@@ -378,6 +378,13 @@ pub enum Command {
         #[arg(short, long)]
         jobs: Option<usize>,
     },
+    /// Print the JSON Schema of pipeline files (every stage kind and key, with descriptions,
+    /// defaults and ranges), for editors: Taplo / Even Better TOML (README).
+    Schema {
+        /// Write it to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Print a shell completion script: `taoflow completions bash > ~/.local/share/bash-completion/completions/taoflow`.
     Completions {
         #[arg(value_enum)]

@@ -309,6 +309,23 @@ pub async fn main(cli: Cli) -> i32 {
             let g = images.as_ref().map(|dir| crate::tasks::detection::report::GridOptions { images: crate::tasks::detection::grid::Images::Dir(dir.clone()), count: *grid, min_score: *grid_score });
             eval_detections_cmd(gt, dets, &o, *json, out.as_deref(), g.as_ref())
         }
+        Command::Schema { output } => {
+            let mut text = serde_json::to_string_pretty(&crate::schema::pipeline_schema()).expect("the schema serialises");
+            text.push('\n');
+            match output {
+                None => {
+                    print!("{text}");
+                    EXIT_OK
+                }
+                Some(path) => match crate::store::write_atomic(path, text.as_bytes()) {
+                    Ok(()) => EXIT_OK,
+                    Err(e) => {
+                        eprint_error(&format!("cannot write `{}`: {e}", path.display()));
+                        EXIT_STORE
+                    }
+                },
+            }
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(*shell, &mut crate::cli::Cli::command(), "taoflow", &mut std::io::stdout());

@@ -604,6 +604,11 @@ impl<'a> Fields<'a> {
         Some((m, t))
     }
 
+    /// The keys read so far.
+    pub fn used(&self) -> &[String] {
+        &self.used
+    }
+
     /// Report every key that was not read as unknown, with a suggestion.
     pub fn finish(self, known: &[&str]) {
         for (k, _) in &self.table.entries {

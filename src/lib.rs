@@ -24,6 +24,7 @@ pub mod model;
 pub mod plot;
 pub mod report;
 pub mod results;
+pub mod schema;
 pub mod stages;
 pub mod store;
 pub mod sweep;

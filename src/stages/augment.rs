@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::schema::{Key, Ty, key, names};
 use crate::config::{type_error, Fields};
 use crate::data::augment::{augment_dataset, AugmentSpec, Param};
 use crate::diag::{did_you_mean, Diag};
@@ -51,10 +52,46 @@ struct Parsed {
     cpu_fallback: bool,
 }
 
-const KEYS: &[&str] = &["dataset", "cpu_fallback", "copies", "keep_originals", "output_width", "output_height", "output_channels", "min_box_size", "splits", "shard_max_mb", "spatial", "color", "blur"];
-const SPATIAL: &[&str] = &["rotation", "rotation_units", "shear_x", "shear_y", "translate_x", "translate_y", "flip_horizontal", "flip_vertical", "zoom"];
-const COLOR: &[&str] = &["hue", "saturation", "contrast", "contrast_center", "brightness"];
-const BLUR: &[&str] = &["std", "size"];
+const SPEC: &[Key] = &[
+    key("dataset", Ty::Str, "The dataset to augment: a stage's dataset (`convert`) or a path.").required(),
+    key("cpu_fallback", Ty::Bool, "Run on the CPU when no GPU kernel can be used (the result is the same to the bit).").def("false"),
+    key("copies", Ty::Int, "Augmented copies written per image.").def("1").min(0.0),
+    key("keep_originals", Ty::Bool, "Keep each original image beside its copies.").def("true"),
+    key("output_width", Ty::Int, "Resize every image to this width (with output_height; default: each image's own size).").range(1.0, 16384.0),
+    key("output_height", Ty::Int, "Resize every image to this height (with output_width).").range(1.0, 16384.0),
+    key("output_channels", Ty::Int, "Channels of the written images: 1 (grey) or 3 (RGB).").def("3").int_one_of(&[1, 3]),
+    key("min_box_size", Ty::Float, "Boxes narrower or lower than this (pixels) after augmentation are dropped.").def("2.0"),
+    key("splits", Ty::StrList, "The splits augmented; the others are copied unchanged.").def("[\"train\"]"),
+    key("shard_max_mb", Ty::Int, "Largest shard written, in MiB.").def("256").min(0.0),
+    key("spatial", Ty::Table(SPATIAL), "Geometry: rotation, shear, translation, flips and zoom, each a number or a [min, max] range drawn per image."),
+    key("color", Ty::Table(COLOR), "Colour: hue, saturation, contrast and brightness, each a number or a [min, max] range."),
+    key("blur", Ty::Table(BLUR), "Gaussian blur."),
+];
+/// `[stages.X.spatial]`.
+pub const SPATIAL: &[Key] = &[
+    key("rotation", Ty::NumOrRange, "Rotation angle (degrees, or radians with rotation_units; radians within [-pi, pi]).").def("0.0").range(-180.0, 180.0),
+    key("rotation_units", Ty::Str, "Units of `rotation`.").def("\"degrees\"").one_of(&["degrees", "radians"]),
+    key("shear_x", Ty::NumOrRange, "Horizontal shear ratio.").def("0.0").range(-1.0, 1.0),
+    key("shear_y", Ty::NumOrRange, "Vertical shear ratio.").def("0.0").range(-1.0, 1.0),
+    key("translate_x", Ty::NumOrRange, "Horizontal shift in pixels.").def("0.0").range(-16384.0, 16384.0),
+    key("translate_y", Ty::NumOrRange, "Vertical shift in pixels.").def("0.0").range(-16384.0, 16384.0),
+    key("flip_horizontal", Ty::Float, "Probability of a horizontal flip.").def("0.0").range(0.0, 1.0),
+    key("flip_vertical", Ty::Float, "Probability of a vertical flip.").def("0.0").range(0.0, 1.0),
+    key("zoom", Ty::NumOrRange, "Zoom factor (above 1 enlarges).").def("1.0").range(0.05, 20.0),
+];
+/// `[stages.X.color]`.
+pub const COLOR: &[Key] = &[
+    key("hue", Ty::NumOrRange, "Hue rotation in degrees.").def("0.0").range(-180.0, 180.0),
+    key("saturation", Ty::NumOrRange, "Saturation factor (1 keeps it).").def("1.0").range(0.0, 10.0),
+    key("contrast", Ty::NumOrRange, "Contrast factor around contrast_center (1 keeps it).").def("1.0").range(0.0, 10.0),
+    key("contrast_center", Ty::Float, "The level contrast scales around.").def("127.5").range(0.0, 255.0),
+    key("brightness", Ty::NumOrRange, "Offset added to every level.").def("0.0").range(-255.0, 255.0),
+];
+/// `[stages.X.blur]`.
+pub const BLUR: &[Key] = &[
+    key("std", Ty::NumOrRange, "Standard deviation of the Gaussian blur in pixels (0: none).").def("0.0").range(0.0, 50.0),
+    key("size", Ty::Int, "Kernel size in pixels, odd.").def("5").range(1.0, 101.0),
+];
 
 /// TAO spec keys we do not take, with what to write instead.
 const TAO_KEYS: &[(&str, &str)] = &[
@@ -130,9 +167,9 @@ pub fn parse_tables(f: &mut Fields<'_>, stage: &str) -> AugmentSpec {
         let spatial = f.table("spatial").unwrap_or(&empty);
         let color = f.table("color").unwrap_or(&empty);
         let blur = f.table("blur").unwrap_or(&empty);
-        check_keys(f, spatial, SPATIAL, &format!("stages.{stage}.spatial"));
-        check_keys(f, color, COLOR, &format!("stages.{stage}.color"));
-        check_keys(f, blur, BLUR, &format!("stages.{stage}.blur"));
+        check_keys(f, spatial, &names(SPATIAL), &format!("stages.{stage}.spatial"));
+        check_keys(f, color, &names(COLOR), &format!("stages.{stage}.color"));
+        check_keys(f, blur, &names(BLUR), &format!("stages.{stage}.blur"));
         let radians = match spatial.get("rotation_units") {
             None => false,
             Some(Node { v: V::Str(s), .. }) if s == "degrees" => false,
@@ -222,8 +259,8 @@ impl StageKind for Augment {
     fn version(&self) -> u32 {
         1
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::schema::{Key, Ty, key, names};
 use crate::config::Fields;
 use crate::data::convert::{convert, ConvertSpec, OnBad, SplitSpec, TileSpec};
 use crate::data::formats::{Format, SourceOptions};
@@ -32,32 +33,38 @@ struct Parsed {
     spec: ConvertSpec,
 }
 
-const KEYS: &[&str] = &[
-    "format",
-    "source",
-    "classes",
-    "class_map",
-    "ignore_classes",
-    "val_fraction",
-    "test_fraction",
-    "split_lists",
-    "min_size",
-    "max_size",
-    "on_bad_sample",
-    "shard_max_mb",
-    "shard_max_samples",
-    "images",
-    "labels",
-    "val_images",
-    "val_labels",
-    "annotations",
-    "images_dir",
-    "labels_dir",
-    "masks_dir",
-    "tile",
+const SPEC: &[Key] = &[
+    key("format", Ty::Str, "The dataset's layout (README: Datasets).").one_of(crate::data::formats::Format::NAMES).required(),
+    key("source", Ty::Str, "Where the data is: a folder or file relative to the pipeline's folder, or a stage's output.").required(),
+    key("classes", Ty::StrList, "Class names: the order of classes (image_folder), the names of idx label numbers."),
+    key("class_map", Ty::StrMap, "Rename classes, case-insensitive: { Car = \"vehicle\", Van = \"vehicle\" }."),
+    key("ignore_classes", Ty::StrList, "Labels of these classes are dropped silently (KITTI: DontCare by default)."),
+    key("val_fraction", Ty::Float, "Share of each class held out for validation, seeded (default 0.2; 0 with split_lists).").range(0.0, 1.0).below(1.0),
+    key("test_fraction", Ty::Float, "Share of each class held out for testing.").def("0.0").range(0.0, 1.0).below(1.0),
+    key("split_lists", Ty::StrMap, "Files listing each split's samples (keys or paths, one a line): { train = \"train.txt\", val = \"val.txt\" }; needs train."),
+    key("min_size", Ty::Int, "Images whose shorter side is smaller (pixels) are dropped and counted.").def("1").min(0.0),
+    key("max_size", Ty::Int, "Images whose longer side is larger (pixels) are dropped and counted (default: no limit).").min(0.0),
+    key("on_bad_sample", Ty::Str, "error: the first unreadable sample fails the stage; skip: it is counted and left out.").def("\"error\"").one_of(&["error", "skip"]),
+    key("shard_max_mb", Ty::Int, "Largest shard written, in MiB.").def("256").min(1.0),
+    key("shard_max_samples", Ty::Int, "Most samples in one shard.").def("10000").min(1.0),
+    key("images", Ty::Str, "idx: the images file (gzip or not)."),
+    key("labels", Ty::Str, "idx: the labels file."),
+    key("val_images", Ty::Str, "idx: a given validation split's images."),
+    key("val_labels", Ty::Str, "idx: a given validation split's labels."),
+    key("annotations", Ty::Str, "coco, csv: the annotation file."),
+    key("images_dir", Ty::Str, "kitti, segmentation, coco, voc, csv: the images' folder inside source."),
+    key("labels_dir", Ty::Str, "kitti, voc: the labels' folder inside source."),
+    key("masks_dir", Ty::Str, "segmentation: the masks' folder inside source."),
+    key("tile", Ty::Table(TILE), "Detection formats: cut large images into tiles, boxes clipped to each tile."),
 ];
 
-const TILE_KEYS: &[&str] = &["size", "overlap", "min_visible", "keep_empty"];
+/// `tile = { … }` of a convert stage.
+const TILE: &[Key] = &[
+    key("size", Ty::Size, "Tile size in pixels: one number (square) or [width, height].").range(16.0, 65536.0).required(),
+    key("overlap", Ty::Int, "Pixels shared by neighbouring tiles (less than the tile).").def("0").min(0.0),
+    key("min_visible", Ty::Float, "A box is kept in a tile when at least this share of it lies inside.").def("0.5").above(0.0).max(1.0),
+    key("keep_empty", Ty::Bool, "Keep tiles without boxes.").def("true"),
+];
 
 /// `tile = { size = 416 | [w, h], overlap = 0, min_visible = 0.5, keep_empty = true }`.
 fn parse_tile(f: &mut Fields<'_>, stage: &str) -> Option<TileSpec> {
@@ -99,7 +106,7 @@ fn parse_tile(f: &mut Fields<'_>, stage: &str) -> Option<TileSpec> {
     {
         tf.diags.push(Diag::error(format!("`overlap` ({overlap}) in {ctx} must be smaller than the tile")).at(&n.span, "too large"));
     }
-    tf.finish(TILE_KEYS);
+    tf.finish(&names(TILE));
     size.map(|size| TileSpec { size, overlap, min_visible, keep_empty })
 }
 
@@ -111,8 +118,8 @@ impl StageKind for Convert {
     fn version(&self) -> u32 {
         1
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

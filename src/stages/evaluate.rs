@@ -28,6 +28,7 @@ use std::sync::Arc;
 use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::schema::{Key, Ty, key};
 use crate::config::Fields;
 use crate::data::loader::{Dataset, LoaderOptions};
 use crate::diag::Diag;
@@ -57,7 +58,22 @@ struct Parsed {
     detection: DetectionEval,
 }
 
-const KEYS: &[&str] = &["model", "dataset", "split", "batch_size", "top_k", "postprocess", "iou", "min_height", "max_height", "min_width", "max_width", "ap_mode", "grid", "grid_score"];
+const SPEC: &[Key] = &[
+    key("model", Ty::Str, "The model to evaluate: a stage's model (`train.model`) or a model folder.").required(),
+    key("dataset", Ty::Str, "The dataset holding the split: a stage's dataset or a path.").required(),
+    key("split", Ty::Str, "The split scored.").def("\"val\""),
+    key("batch_size", Ty::Int, "Images per forward pass.").def("64").min(1.0),
+    key("top_k", Ty::IntList, "Classifiers: the top-k accuracies reported.").def("[1, 5]").min(1.0),
+    key("postprocess", Ty::PerClass(crate::tasks::detection::postprocess::CLUSTER_KEYS), "Detectors: clustering per class, overriding the model's."),
+    key("iou", Ty::NumOrClassMap, "Detectors: IoU for a match, for every class or { car = 0.7, pedestrian = 0.5 } (default 0.5).").range(0.0, 1.0),
+    key("min_height", Ty::NumOrClassMap, "Detectors: boxes lower than this (pixels) are left out of the score, per class or for all."),
+    key("max_height", Ty::NumOrClassMap, "Detectors: boxes higher than this are left out of the score."),
+    key("min_width", Ty::NumOrClassMap, "Detectors: boxes narrower than this are left out of the score."),
+    key("max_width", Ty::NumOrClassMap, "Detectors: boxes wider than this are left out of the score."),
+    key("ap_mode", Ty::Str, "Detectors: TAO's AP, integrated over recall or sampled at 11 points (default integrate).").one_of(&["sample", "integrate"]),
+    key("grid", Ty::Int, "Detectors: images in predictions.png (default 16).").min(0.0),
+    key("grid_score", Ty::Float, "Detectors: least confidence of a box drawn in predictions.png (default 0.3)."),
+];
 
 /// `key = 0.5` (every class) or `key = { car = 0.7, pedestrian = 0.5 }` as `[class=]value`
 /// settings.
@@ -98,8 +114,8 @@ impl StageKind for Evaluate {
         // engine (onnxruntime on the CPU where it loads).
         3
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::schema::{Key, Ty, key};
 use crate::config::{normalize_rel, Fields};
 use crate::diag::{Diag, Span};
 use crate::stages::{InputDecl, OutputDecl, RunCtx, StageDef, StageError, StageKind};
@@ -33,7 +34,13 @@ struct ExecStage {
     cmd: String,
 }
 
-const KEYS: &[&str] = &["cmd", "params", "deps", "outs", "metrics"];
+const SPEC: &[Key] = &[
+    key("cmd", Ty::Str, "The command, run with sh -c in the pipeline's folder; ${name} is the stage's parameter `name`.").required(),
+    key("params", Ty::Free, "Parameters of the command: part of the stage key, set from the CLI with -S STAGE.NAME=VALUE."),
+    key("deps", Ty::StrList, "Inputs the command reads: paths, or other stages' outputs (`train.model`)."),
+    key("outs", Ty::Paths, "Outputs the command writes: a path, a list of paths, or { name = \"path\" }."),
+    key("metrics", Ty::Str, "A JSON file the command writes with its metrics (an output)."),
+];
 
 impl StageKind for Exec {
     fn name(&self) -> &'static str {
@@ -42,8 +49,8 @@ impl StageKind for Exec {
     fn version(&self) -> u32 {
         1
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
     fn free_params_key(&self) -> Option<&'static str> {
         Some("params")

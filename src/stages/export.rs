@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::schema::{Key, Ty, key};
 use crate::config::Fields;
 use crate::model::graph::ModelGraph;
 use crate::model::net::WeightData;
@@ -38,7 +39,12 @@ struct Parsed {
     fold_batchnorm: bool,
 }
 
-const KEYS: &[&str] = &["model", "precision", "opset", "fold_batchnorm"];
+const SPEC: &[Key] = &[
+    key("model", Ty::Str, "The model to export: a stage's model or a model folder.").required(),
+    key("precision", Ty::Str, "Weights and arithmetic of the ONNX file.").def("\"fp32\"").one_of(&["fp32", "fp16"]),
+    key("opset", Ty::Int, "ONNX opset.").def("17").range(17.0, 21.0),
+    key("fold_batchnorm", Ty::Bool, "Fold batch norms into the convolutions before them.").def("true"),
+];
 
 impl StageKind for Export {
     fn name(&self) -> &'static str {
@@ -47,8 +53,8 @@ impl StageKind for Export {
     fn version(&self) -> u32 {
         1
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

@@ -33,8 +33,13 @@ pub trait StageKind: Send + Sync + fmt::Debug + 'static {
     /// Implementation version: bump it when the kind's results change, and every stage of
     /// this kind runs again.
     fn version(&self) -> u32;
-    /// Keys this kind accepts besides the common ones (`kind`, `gpus`, `description`).
-    fn keys(&self) -> &'static [&'static str];
+    /// Keys this kind accepts besides the common ones (`kind`, `gpus`, `description`), with
+    /// types, defaults, ranges and descriptions: the parser's hints and `taoflow schema`.
+    fn spec(&self) -> Vec<crate::schema::Key>;
+    /// The names of [`StageKind::spec`]'s keys.
+    fn keys(&self) -> Vec<&'static str> {
+        crate::schema::names(&self.spec())
+    }
     /// The free-form parameter table that `-S stage.name=value` writes into, if any.
     fn free_params_key(&self) -> Option<&'static str> {
         None

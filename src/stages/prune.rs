@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::schema::{Key, Ty, key};
 use crate::config::Fields;
 use crate::diag::Diag;
 use crate::model::graph::{ModelGraph, Op};
@@ -31,7 +32,17 @@ use crate::value::PVal;
 #[derive(Debug)]
 pub struct Prune;
 
-const KEYS: &[&str] = &["model", "norm", "threshold", "target_params", "target_flops", "granularity", "min_channels", "equalization", "excluded_layers"];
+const SPEC: &[Key] = &[
+    key("model", Ty::Str, "The model to prune: a stage's model (`train.model`) or a model folder.").required(),
+    key("norm", Ty::Str, "How a channel's importance is measured from its weights.").def("\"l2\"").one_of(&["l1", "l2", "max"]),
+    key("threshold", Ty::Float, "Channels whose normalised norm is below this go (TAO's criterion; default 0.1 when no target is given).").range(0.0, 1.0),
+    key("target_params", Ty::Float, "Instead of a threshold: the share of parameters to keep.").above(0.0).max(1.0),
+    key("target_flops", Ty::Float, "Instead of a threshold: the share of multiply-accumulates per image to keep.").above(0.0).max(1.0),
+    key("granularity", Ty::Int, "Kept channel counts are multiples of this.").def("8").min(1.0),
+    key("min_channels", Ty::Int, "Fewest channels a layer keeps.").def("16").min(0.0),
+    key("equalization", Ty::Str, "How layers whose outputs are added together agree on the channels they keep (TAO's).").def("\"union\"").one_of(&["union", "intersection", "arithmetic_mean", "geometric_mean"]),
+    key("excluded_layers", Ty::StrList, "Layers (names in model.json) that keep all their channels."),
+];
 
 impl StageKind for Prune {
     fn name(&self) -> &'static str {
@@ -40,8 +51,8 @@ impl StageKind for Prune {
     fn version(&self) -> u32 {
         1
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

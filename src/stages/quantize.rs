@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::schema::{Key, Ty, key};
 use crate::config::Fields;
 use crate::data::loader::{Dataset, LoaderOptions};
 use crate::diag::Diag;
@@ -48,7 +49,18 @@ pub struct QuantizeConfig {
     pub trt_version: String,
 }
 
-const KEYS: &[&str] = &["model", "dataset", "calibration_split", "calibration_batches", "batch_size", "method", "percentile", "activation_type", "eval_split", "trt_version"];
+const SPEC: &[Key] = &[
+    key("model", Ty::Str, "The model to quantize: a stage's model or a model folder.").required(),
+    key("dataset", Ty::Str, "The dataset calibrated and compared on.").required(),
+    key("calibration_split", Ty::Str, "The split calibration images come from.").def("\"train\""),
+    key("calibration_batches", Ty::Int, "Batches of calibration images.").def("8").min(1.0),
+    key("batch_size", Ty::Int, "Images per calibration batch.").def("32").min(1.0),
+    key("method", Ty::Str, "How activation ranges are chosen: TensorRT's entropy calibration, min/max, or a percentile.").def("\"entropy\"").one_of(&["minmax", "percentile", "entropy"]),
+    key("percentile", Ty::Float, "method = \"percentile\": the percentile of absolute activations kept.").def("99.99").above(0.0).max(100.0),
+    key("activation_type", Ty::Str, "8-bit type of quantized activations in the QDQ model.").def("\"uint8\"").one_of(&["uint8", "int8"]),
+    key("eval_split", Ty::Str, "The split FP32 and INT8 are compared on (\"none\": no comparison).").def("\"val\""),
+    key("trt_version", Ty::Str, "TensorRT version written in the calibration cache, digits only (8601 is 8.6.1).").def("\"8601\""),
+];
 
 impl StageKind for Quantize {
     fn name(&self) -> &'static str {
@@ -58,8 +70,8 @@ impl StageKind for Quantize {
         // 2: the report names the engines of calibration and evaluation (onnxruntime where it loads).
         2
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        SPEC.to_vec()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

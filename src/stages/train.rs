@@ -30,6 +30,7 @@ use burn::backend::{Autodiff, NdArray};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Fields;
+use crate::schema::{Key, Ty, key};
 use crate::data::image_io::InputSpec;
 use crate::data::loader::{Dataset, OnlineAugment};
 use crate::diag::Diag;
@@ -80,10 +81,48 @@ struct Parsed {
     precision: String,
 }
 
-const KEYS: &[&str] = &[
-    "dataset", "arch", "width", "pretrained", "init", "input_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "l1",
-    "schedule", "min_lr", "warmup_epochs", "step_epochs", "gamma", "soft_start", "annealing_start", "label_smoothing", "hflip", "crop_padding", "freeze_blocks", "freeze_layers",
-    "train_split", "val_split", "val_every", "checkpoint_every", "precision", "targets", "postprocess", "deadzone_radius", "min_box_size", "spatial", "color", "blur",
+const SPEC: &[Key] = &[
+    key("dataset", Ty::Str, "The dataset to train on: a stage's dataset (`convert`, `augment`) or a path.").required(),
+    key("arch", Ty::Str, "The network (train only); a detection dataset gets DetectNet_v2's two heads on this backbone. Give `arch` or `init`.").one_of(ARCHS),
+    key("width", Ty::Float, "Width multiplier of the network's channels.").def("1.0").above(0.0).max(4.0),
+    key("pretrained", Ty::Str, "Weights to start `arch` from: a torchvision .pth or safetensors file, or a stage's output (train only)."),
+    key("init", Ty::Str, "A model artifact to continue from, with its structure (e.g. `prune.model`); required by retrain."),
+    key("input_size", Ty::Size, "Input size in pixels: one number (square) or [height, width] (default: the dataset's image size).").range(8.0, 4096.0),
+    key("epochs", Ty::Int, "Passes over the training split.").def("10").min(1.0),
+    key("batch_size", Ty::Int, "Images per step.").def("32").min(1.0),
+    key("optimizer", Ty::Str, "The optimizer.").def("\"sgd\"").one_of(&["sgd", "adam", "adamw"]),
+    key("lr", Ty::Float, "Peak learning rate (default 0.01 with sgd, 0.001 with adam and adamw).").range(1e-12, 10.0),
+    key("momentum", Ty::Float, "SGD momentum.").def("0.9").range(0.0, 0.999_999),
+    key("nesterov", Ty::Bool, "Nesterov momentum (SGD).").def("false"),
+    key("beta1", Ty::Float, "Adam's first-moment decay.").def("0.9").range(0.0, 0.999_999),
+    key("beta2", Ty::Float, "Adam's second-moment decay.").def("0.999").range(0.0, 0.999_999_9),
+    key("eps", Ty::Float, "Adam's epsilon.").def("1e-8").range(0.0, 1.0),
+    key("weight_decay", Ty::Float, "L2 weight decay (decoupled with adamw; default 0.01 with adamw, else 0).").range(0.0, 1.0),
+    key("l1", Ty::Float, "L1 penalty on weights, as TAO's L1 regularizer (sparsifies channels before pruning).").def("0.0").range(0.0, 1.0),
+    key("schedule", Ty::Str, "Learning-rate schedule; soft_start_annealing is TAO's.").def("\"cosine\"").one_of(&["constant", "step", "cosine", "soft_start_annealing"]),
+    key("min_lr", Ty::Float, "Final learning rate of cosine and soft_start_annealing (0: lr/1000 for soft_start_annealing).").def("0.0").range(0.0, 10.0),
+    key("warmup_epochs", Ty::Float, "Linear warm-up before the cosine schedule, in epochs.").def("0.0").range(0.0, 1e6),
+    key("step_epochs", Ty::Int, "Epochs between steps of the step schedule (default: a third of the epochs).").min(0.0),
+    key("gamma", Ty::Float, "Factor of each step of the step schedule.").def("0.1").range(0.0, 1.0),
+    key("soft_start", Ty::Float, "soft_start_annealing: share of training spent ramping up to lr.").def("0.1").range(0.0, 1.0),
+    key("annealing_start", Ty::Float, "soft_start_annealing: share of training after which lr decays.").def("0.7").range(0.0, 1.0),
+    key("label_smoothing", Ty::Float, "Label smoothing of the cross-entropy (classifiers).").def("0.0").range(0.0, 0.999),
+    key("hflip", Ty::Bool, "Flip training images horizontally at random (classifiers; detectors use `spatial`).").def("false"),
+    key("crop_padding", Ty::Int, "Pad by this many pixels and crop back at random (classifiers).").def("0").min(0.0),
+    key("freeze_blocks", Ty::IntList, "Backbone blocks (0, 1, …) whose weights stay fixed, as TAO's freeze_blocks.").min(0.0),
+    key("freeze_layers", Ty::StrList, "Layers (names in model.json) whose weights stay fixed."),
+    key("train_split", Ty::Str, "The split trained on.").def("\"train\""),
+    key("val_split", Ty::Str, "The split validated on after epochs (\"none\" or \"\": no validation; a missing default split is skipped).").def("\"val\""),
+    key("val_every", Ty::Int, "Validate every this many epochs.").def("1").min(1.0),
+    key("checkpoint_every", Ty::Int, "Keep a resumable checkpoint every this many epochs (0: never).").def("1").min(0.0),
+    key("precision", Ty::Str, "GPU arithmetic: fp32, tf32 (TF32 tensor cores) or bf16 autocast; not part of the stage key.").def("\"tf32\"").one_of(&["fp32", "tf32", "bf16"]),
+    key("targets", Ty::PerClass(crate::tasks::detection::train::TARGET_KEYS), "Detectors: DetectNet_v2's target rasteriser and cost, per class (TAO's KITTI spec by default)."),
+    key("postprocess", Ty::PerClass(crate::tasks::detection::postprocess::CLUSTER_KEYS), "Detectors: clustering of grid cells into boxes, per class; kept in the model."),
+    key("deadzone_radius", Ty::Float, "Detectors: the rasteriser's dead zone around each box's coverage (default 0.4, or the init model's).").range(0.0, 1.0),
+    key("min_box_size", Ty::Float, "Detectors: boxes narrower or lower than this (input pixels, after augmentation) leave the targets (default 1).").range(0.0, 4096.0),
+    key("spatial", Ty::Table(crate::stages::augment::SPATIAL), "Detectors: online augmentation of every training batch, geometry (the augment stage's keys); boxes follow."),
+    key("color", Ty::Table(crate::stages::augment::COLOR), "Detectors: online colour augmentation of every training batch (the augment stage's keys)."),
+    key("blur", Ty::Table(crate::stages::augment::BLUR), "Detectors: online Gaussian blur of training batches (the augment stage's keys)."),
 ];
 
 impl StageKind for Train {
@@ -93,8 +132,12 @@ impl StageKind for Train {
     fn version(&self) -> u32 {
         1
     }
-    fn keys(&self) -> &'static [&'static str] {
-        KEYS
+    fn spec(&self) -> Vec<Key> {
+        // `retrain` keeps its `init` model's structure: no `arch`, no `pretrained`.
+        SPEC.iter()
+            .filter(|k| !(self.retrain && matches!(k.name, "arch" | "pretrained")))
+            .map(|k| if self.retrain && k.name == "init" { k.required() } else { *k })
+            .collect()
     }
 
     fn parse(&self, f: &mut Fields<'_>, stage: &str) -> Option<StageDef> {

@@ -10,6 +10,7 @@
 //! (README, detection): TAO's training/evaluation path swaps `nms_confidence_threshold`
 //! and `dbscan_confidence_threshold`, and its NMS never applies the minimum height.
 
+use crate::schema::{Key, Ty, key};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +19,18 @@ pub enum Clustering {
     Dbscan,
     Nms,
 }
+
+/// The keys of [`ClusterConfig`] in a pipeline (`[stages.X.postprocess]`), for `taoflow schema`.
+pub const CLUSTER_KEYS: &[Key] = &[
+    key("algorithm", Ty::Str, "How grid cells become boxes: DBSCAN clustering (TAO's default) or greedy NMS.").def("\"dbscan\"").one_of(&["dbscan", "nms"]),
+    key("coverage_threshold", Ty::Float, "Cells whose coverage exceeds this are decoded to boxes.").def("0.005").range(0.0, 1.0),
+    key("dbscan_eps", Ty::Float, "DBSCAN's neighbourhood, as 1 - IoU.").def("0.2").range(0.0, 1.0),
+    key("dbscan_min_samples", Ty::Float, "DBSCAN: least summed coverage of a core cell's neighbourhood.").def("0.05").min(0.0),
+    key("dbscan_confidence_threshold", Ty::Float, "DBSCAN: clusters of less summed coverage are dropped.").def("0.9").range(0.0, 1.0),
+    key("nms_iou_threshold", Ty::Float, "NMS: boxes overlapping a kept one by more IoU are dropped.").def("0.2").range(0.0, 1.0),
+    key("nms_confidence_threshold", Ty::Float, "NMS: boxes of less coverage are dropped.").def("0.01").range(0.0, 1.0),
+    key("minimum_bounding_box_height", Ty::Float, "Boxes this high or lower (pixels) are dropped.").def("4.0").min(0.0),
+];
 
 /// One class's `clustering_config`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! then TAO's cost ([`super::loss`]) on the network's two outputs as tensor arithmetic, so
 //! that autodiff differentiates it.
 
+use crate::schema::{Key, Ty, key};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,19 @@ use crate::tasks::ChunkLoss;
 /// One class's training settings (a pipeline's `targets` table): TAO's
 /// `bbox_rasterizer_config.target_class_config` and `cost_function_config.target_classes`
 /// entries, side by side.
+/// The keys of [`ClassTraining`] in a pipeline (`[stages.X.targets]`), for `taoflow schema`.
+pub const TARGET_KEYS: &[Key] = &[
+    key("cov_center_x", Ty::Float, "Centre of the coverage ellipse across the box (0 left, 1 right).").def("0.5").range(0.0, 1.0),
+    key("cov_center_y", Ty::Float, "Centre of the coverage ellipse down the box (0 top, 1 bottom).").def("0.5").range(0.0, 1.0),
+    key("cov_radius_x", Ty::Float, "Horizontal radius of the coverage ellipse, a share of the box width.").def("0.4").min(0.0),
+    key("cov_radius_y", Ty::Float, "Vertical radius of the coverage ellipse, a share of the box height.").def("0.4").min(0.0),
+    key("bbox_min_radius", Ty::Float, "Smallest coverage radius in grid cells.").def("1.0").min(0.0),
+    key("class_weight", Ty::Float, "Weight of the class's cost in the total.").def("1.0").min(0.0),
+    key("coverage_foreground_weight", Ty::Float, "Weight of foreground cells in the coverage cost (TAO's).").def("0.05").range(0.0, 1.0),
+    key("cov_weight", Ty::Float, "Weight of the coverage (BCE) cost.").def("1.0").min(0.0),
+    key("bbox_weight", Ty::Float, "Weight of the box (L1) cost.").def("10.0").min(0.0),
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassTraining {
