@@ -357,7 +357,7 @@ mod tests {
             ("convert", "images" | "labels" | "val_images" | "val_labels") => "format = \"idx\"",
             ("convert", "annotations") => "format = \"coco\"",
             ("convert", "masks_dir") => "format = \"segmentation\"",
-            ("convert", "tile.overlap" | "tile.min_visible" | "tile.keep_empty") => "tile.size = 416",
+            ("convert", "tile.overlap" | "tile.min_visible" | "tile.keep_empty" | "tile.edge") => "tile.size = 416",
             ("convert", "tile.size") => "",
             ("train" | "retrain", "soft_start") => "schedule = \"soft_start_annealing\"\nannealing_start = 1.0",
             ("train" | "retrain", "annealing_start") => "schedule = \"soft_start_annealing\"\nsoft_start = 0.0",

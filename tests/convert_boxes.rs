@@ -195,6 +195,42 @@ fn tiling_cuts_images_and_boxes() {
     assert!(ok, "{t}");
     let s = samples(&p);
     assert_eq!(s.keys().map(String::as_str).collect::<Vec<_>>(), ["big_x0_y0", "big_x48_y0", "big_x52_y0", "big_x52_y28"]);
+    // edge = "pad": the stride is kept (x 0, 48, 96; y 0, 32), every tile 48×32, what lies
+    // past the image black, boxes cut to the image
+    let (ok, t) = run(&p, &format!("{base}tile = {{ size = [48, 32], min_visible = 0.5, edge = \"pad\" }}\n"));
+    assert!(ok, "{t}");
+    let s = samples(&p);
+    assert_eq!(s.keys().map(String::as_str).collect::<Vec<_>>(), ["big_x0_y0", "big_x0_y32", "big_x48_y0", "big_x48_y32", "big_x96_y0", "big_x96_y32"]);
+    for (w, h, t) in s.values() {
+        assert_eq!((*w, *h, t.width, t.height), (48, 32, 48, 32));
+    }
+    let b = |k: &str| s[k].2.boxes.iter().map(|b| b.bbox).collect::<Vec<_>>();
+    assert_eq!(b("big_x96_y32"), vec![[0.0, 8.0, 4.0, 28.0]]);
+    assert_eq!(b("big_x48_y0"), vec![[0.0, 4.0, 12.0, 14.0]]);
+    let m = manifest(&p);
+    let mut found = false;
+    for sh in &m.splits["train"].shards {
+        ShardReader::open(&root.join(sh))
+            .unwrap()
+            .for_each(|x| {
+                if x.key == "big_x96_y32" {
+                    let t = image::load_from_memory(x.member("png").unwrap()).unwrap().to_rgb8();
+                    assert_eq!((t.width(), t.height()), (48, 32));
+                    assert_eq!(t.get_pixel(0, 0), img.get_pixel(96, 32));
+                    assert_eq!(t.get_pixel(3, 27), img.get_pixel(99, 59));
+                    assert_eq!(t.get_pixel(4, 0), &image::Rgb([0, 0, 0]));
+                    assert_eq!(t.get_pixel(0, 28), &image::Rgb([0, 0, 0]));
+                    found = true;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert!(found);
+    // edge = "drop": only whole tiles (x 0, 48; y 0)
+    let (ok, t) = run(&p, &format!("{base}tile = {{ size = [48, 32], edge = \"drop\" }}\n"));
+    assert!(ok, "{t}");
+    assert_eq!(samples(&p).keys().map(String::as_str).collect::<Vec<_>>(), ["big_x0_y0", "big_x48_y0"]);
     // bad settings are pipeline errors with a caret
     for (bad, want) in [
         ("tile = { size = 8 }", "whole number of pixels"),
@@ -202,6 +238,7 @@ fn tiling_cuts_images_and_boxes() {
         ("tile = { size = 64, min_visible = 0 }", "(0, 1]"),
         ("tile = { overlap = 4 }", "missing the required key `size`"),
         ("tile = { size = 64, keep = true }", "did you mean `keep_empty`"),
+        ("tile = { size = 64, edge = \"wrap\" }", "choose one of: shift, pad, drop"),
     ] {
         let (ok, t) = run(&p, &format!("{base}{bad}\n"));
         assert!(!ok, "{bad}");

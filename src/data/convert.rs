@@ -37,6 +37,55 @@ pub struct TileSpec {
     pub min_visible: f32,
     /// Keep tiles without boxes (background examples).
     pub keep_empty: bool,
+    /// Where the last tile of a row or column goes when the image is not a whole number of
+    /// strides long.
+    pub edge: TileEdge,
+}
+
+/// The last tile along an axis: `Shift` moves it back to end flush with the image (every
+/// tile whole, but it may nearly repeat the one before: 417 px in tiles of 416 gives tiles
+/// at 0 and 1); `Pad` keeps the stride and fills what lies past the image with black (every
+/// pixel once per stride, tiles the same size); `Drop` leaves out what does not fill a whole
+/// tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TileEdge {
+    #[default]
+    Shift,
+    Pad,
+    Drop,
+}
+
+impl TileEdge {
+    pub const NAMES: &'static [&'static str] = &["shift", "pad", "drop"];
+
+    pub fn parse(s: &str) -> Option<TileEdge> {
+        match s {
+            "shift" => Some(TileEdge::Shift),
+            "pad" => Some(TileEdge::Pad),
+            "drop" => Some(TileEdge::Drop),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TileEdge::Shift => "shift",
+            TileEdge::Pad => "pad",
+            TileEdge::Drop => "drop",
+        }
+    }
+
+    /// Tile origins along an axis of `len` pixels for tiles of `tile` overlapping by `overlap`.
+    pub fn starts(self, len: u32, tile: u32, overlap: u32) -> Vec<u32> {
+        let stride = (tile - overlap.min(tile - 1)).max(1);
+        match self {
+            TileEdge::Shift => tile_starts(len, tile, overlap),
+            // A tile is worth having when it reaches past the one before it.
+            TileEdge::Pad => (0..).map(|i| i * stride).take_while(|&s| s == 0 || s + overlap.min(tile - 1) < len).collect(),
+            TileEdge::Drop if len <= tile => vec![0],
+            TileEdge::Drop => (0..).map(|i| i * stride).take_while(|&s| s + tile <= len).collect(),
+        }
+    }
 }
 
 /// Tile origins along one axis of `len` pixels: 0, stride, 2·stride, … and the last one
@@ -567,20 +616,30 @@ fn process(it: &Item, spec: &ConvertSpec, classes: &Classes) -> Result<Option<Ve
 /// The tiles of one image with their boxes, each a sample of its own (`<key>_x<X>_y<Y>`).
 fn tiles(it: &Item, img: &DynamicImage, boxes: &[crate::data::BoxLabel], t: &TileSpec) -> Result<Vec<Processed>, Bad> {
     let (w, h) = (img.width(), img.height());
-    let (tw, th) = (t.size[0].min(w), t.size[1].min(h));
+    let pad = t.edge == TileEdge::Pad;
+    // Padded tiles are all of the tile's size; otherwise an image smaller than a tile is one
+    // tile of its own size.
+    let (tw, th) = if pad { (t.size[0], t.size[1]) } else { (t.size[0].min(w), t.size[1].min(h)) };
     let mut out = Vec::new();
-    for ty in tile_starts(h, t.size[1], t.overlap) {
-        for tx in tile_starts(w, t.size[0], t.overlap) {
+    for ty in t.edge.starts(h, t.size[1], t.overlap) {
+        for tx in t.edge.starts(w, t.size[0], t.overlap) {
+            // The part of the tile inside the image.
+            let (cw, ch) = (tw.min(w - tx), th.min(h - ty));
             let mut kept = Vec::new();
             for b in boxes {
-                if let Some(c) = clip_to_tile(b.bbox, tx, ty, tw, th, t.min_visible) {
+                if let Some(c) = clip_to_tile(b.bbox, tx, ty, cw, ch, t.min_visible) {
                     kept.push(crate::data::BoxLabel { class: b.class.clone(), class_id: b.class_id, bbox: c });
                 }
             }
             if kept.is_empty() && !t.keep_empty {
                 continue;
             }
-            let crop = img.crop_imm(tx, ty, tw, th);
+            let mut crop = img.crop_imm(tx, ty, cw, ch);
+            if (cw, ch) != (tw, th) {
+                let mut canvas = DynamicImage::new(tw, th, img.color());
+                image::imageops::replace(&mut canvas, &crop, 0, 0);
+                crop = canvas;
+            }
             let png = image_io::encode_png(&crop).map_err(|m| bad(it, m))?;
             let mut present: Vec<String> = Vec::new();
             for b in &kept {
@@ -646,6 +705,29 @@ mod tiling_tests {
         assert_eq!(tile_starts(417, 416, 0), vec![0, 1]);
         // an overlap as large as the tile still advances
         assert_eq!(tile_starts(10, 4, 9), vec![0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn padded_and_dropped_edges() {
+        let (pad, drop) = (TileEdge::Pad, TileEdge::Drop);
+        // 417 px: shift nearly repeats a tile, pad adds one of 1 px + black, drop leaves it out
+        assert_eq!(TileEdge::Shift.starts(417, 416, 0), vec![0, 1]);
+        assert_eq!(pad.starts(417, 416, 0), vec![0, 416]);
+        assert_eq!(drop.starts(417, 416, 0), vec![0]);
+        assert_eq!(pad.starts(1000, 416, 0), vec![0, 416, 832]);
+        assert_eq!(drop.starts(1000, 416, 0), vec![0, 416]);
+        // whole strides: the same tiles every way
+        for e in [TileEdge::Shift, pad, drop] {
+            assert_eq!(e.starts(832, 416, 0), vec![0, 416]);
+            assert_eq!(e.starts(400, 416, 0), vec![0]);
+        }
+        // with overlap, a padded tile must reach past the one before: 416+100 covers 0..732
+        assert_eq!(pad.starts(732, 416, 100), vec![0, 316]);
+        assert_eq!(pad.starts(733, 416, 100), vec![0, 316, 632]);
+        assert_eq!(drop.starts(1000, 416, 100), vec![0, 316]);
+        for e in TileEdge::NAMES {
+            assert_eq!(TileEdge::parse(e).unwrap().name(), *e);
+        }
     }
 
     #[test]

@@ -64,6 +64,7 @@ const TILE: &[Key] = &[
     key("overlap", Ty::Int, "Pixels shared by neighbouring tiles (less than the tile).").def("0").min(0.0),
     key("min_visible", Ty::Float, "A box is kept in a tile when at least this share of it lies inside.").def("0.5").above(0.0).max(1.0),
     key("keep_empty", Ty::Bool, "Keep tiles without boxes.").def("true"),
+    key("edge", Ty::Str, "The last tile of a row or column: shift it back flush with the image (it may nearly repeat the one before), pad it with black, or drop what does not fill a tile.").def("\"shift\"").one_of(crate::data::convert::TileEdge::NAMES),
 ];
 
 /// `tile = { size = 416 | [w, h], overlap = 0, min_visible = 0.5, keep_empty = true }`.
@@ -101,13 +102,14 @@ fn parse_tile(f: &mut Fields<'_>, stage: &str) -> Option<TileSpec> {
         None => 0.5,
     };
     let keep_empty = tf.bool("keep_empty").is_none_or(|(b, _)| b);
+    let edge = crate::data::convert::TileEdge::parse(&tf.choice("edge", crate::data::convert::TileEdge::NAMES, "shift")).unwrap_or_default();
     if let (Some(sz), Some(n)) = (size, t.get("overlap"))
         && overlap >= sz[0].min(sz[1])
     {
         tf.diags.push(Diag::error(format!("`overlap` ({overlap}) in {ctx} must be smaller than the tile")).at(&n.span, "too large"));
     }
     tf.finish(&names(TILE));
-    size.map(|size| TileSpec { size, overlap, min_visible, keep_empty })
+    size.map(|size| TileSpec { size, overlap, min_visible, keep_empty, edge })
 }
 
 
@@ -291,6 +293,10 @@ impl StageKind for Convert {
             m.insert("overlap".to_string(), PVal::Int(t.overlap as i64));
             m.insert("min_visible".to_string(), PVal::Float(Float(t.min_visible as f64)));
             m.insert("keep_empty".to_string(), PVal::Bool(t.keep_empty));
+            // (Written only when not the default, so that existing stage keys stay.)
+            if t.edge != crate::data::convert::TileEdge::Shift {
+                m.insert("edge".to_string(), PVal::Str(t.edge.name().into()));
+            }
             params.insert("tile".into(), PVal::Table(m));
         }
         let split = if lists.is_empty() {
