@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::stages::{self, StageKind};
+use crate::stages;
 
 /// A key's type as written in TOML.
 #[derive(Debug, Clone, Copy)]
@@ -138,19 +138,32 @@ pub fn pipeline_schema() -> Value {
     let mut defs = Map::new();
     let mut conditions = Vec::new();
     let mut defaults_props = Map::new();
+    // Keys a stage cannot do without: required in every stage of the kind unless
+    // `[pipeline.defaults.KIND]` gives them (a check across tables, at the root).
+    let mut required = Vec::new();
     for kind in kinds {
         let spec = kind.spec();
+        for k in spec.iter().filter(|k| k.required) {
+            let given_by_defaults = json!({
+                "properties": { "pipeline": { "properties": { "defaults": { "properties": { kind.name(): { "required": [k.name] } }, "required": [kind.name()] } }, "required": ["defaults"] } },
+                "required": ["pipeline"]
+            });
+            let stage_has_it = json!({
+                "properties": { "stages": { "additionalProperties": {
+                    "if": { "properties": { "kind": { "const": kind.name() } }, "required": ["kind"] },
+                    "then": { "required": [k.name] }
+                } } }
+            });
+            required.push(json!({ "if": { "not": given_by_defaults }, "then": stage_has_it }));
+        }
         let mut props = Map::new();
-        props.insert("kind".into(), json!({ "const": kind.name(), "description": kind_doc(*kind) }));
+        props.insert("kind".into(), json!({ "const": kind.name(), "description": kind.summary() }));
         for k in COMMON.iter().skip(1).chain(spec.iter()) {
             props.insert(k.name.into(), key_schema(k));
         }
-        if let Some(free) = kind.free_params_key() {
-            debug_assert!(spec.iter().any(|k| k.name == free));
-        }
         defs.insert(
             format!("stage-{}", kind.name()),
-            json!({ "type": "object", "description": kind_doc(*kind), "properties": Value::Object(props.clone()), "additionalProperties": false }),
+            json!({ "type": "object", "description": kind.summary(), "properties": Value::Object(props.clone()), "additionalProperties": false }),
         );
         conditions.push(json!({
             "if": { "properties": { "kind": { "const": kind.name() } }, "required": ["kind"] },
@@ -166,7 +179,7 @@ pub fn pipeline_schema() -> Value {
         defaults_props.insert(k.name.into(), key_schema(k));
     }
     let kind_names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-    let kind_docs: Vec<String> = kinds.iter().map(|k| format!("{}: {}", k.name(), kind_doc(*k))).collect();
+    let kind_docs: Vec<String> = kinds.iter().map(|k| format!("{}: {}", k.name(), k.summary())).collect();
     let mut stage = Map::new();
     stage.insert("type".into(), json!("object"));
     stage.insert("description".into(), json!("One stage: `kind` says what it does; its other keys depend on the kind."));
@@ -177,25 +190,6 @@ pub fn pipeline_schema() -> Value {
     );
     stage.insert("allOf".into(), Value::Array(conditions));
     defs.insert("stage".into(), Value::Object(stage));
-
-    // Keys a stage cannot do without: required in every stage of the kind unless
-    // `[pipeline.defaults.KIND]` gives them (a check across tables, at the root).
-    let mut required = Vec::new();
-    for kind in kinds {
-        for k in kind.spec().iter().filter(|k| k.required) {
-            let given_by_defaults = json!({
-                "properties": { "pipeline": { "properties": { "defaults": { "properties": { kind.name(): { "required": [k.name] } }, "required": [kind.name()] } }, "required": ["defaults"] } },
-                "required": ["pipeline"]
-            });
-            let stage_has_it = json!({
-                "properties": { "stages": { "additionalProperties": {
-                    "if": { "properties": { "kind": { "const": kind.name() } }, "required": ["kind"] },
-                    "then": { "required": [k.name] }
-                } } }
-            });
-            required.push(json!({ "if": { "not": given_by_defaults }, "then": stage_has_it }));
-        }
-    }
 
     let mut pipeline_props = Map::new();
     for k in PIPELINE {
@@ -225,21 +219,6 @@ pub fn pipeline_schema() -> Value {
         "allOf": required,
         "definitions": Value::Object(defs),
     })
-}
-
-fn kind_doc(kind: &dyn StageKind) -> &'static str {
-    match kind.name() {
-        "exec" => "run a command of your own with declared inputs and outputs",
-        "convert" => "read a dataset (image folders, MNIST idx, KITTI, COCO, VOC, CSV, masks) into shards with splits",
-        "augment" => "write augmented copies of a dataset (spatial, colour, blur), boxes following",
-        "train" => "train or fine-tune a classifier or a DetectNet_v2 detector",
-        "retrain" => "fine-tune a pruned model (`init`), keeping its structure",
-        "prune" => "remove the channels that matter least",
-        "evaluate" => "score a model on a split (top-k, F1, confusion; COCO and TAO mAP for detectors)",
-        "quantize" => "calibrate INT8 (QDQ ONNX, TensorRT calibration cache) and compare it with FP32",
-        "export" => "write ONNX (FP32/FP16) with a DeepStream config",
-        _ => "a stage",
-    }
 }
 
 /// The schema of one key's value.
@@ -357,8 +336,7 @@ mod tests {
             ("convert", "images" | "labels" | "val_images" | "val_labels") => "format = \"idx\"",
             ("convert", "annotations") => "format = \"coco\"",
             ("convert", "masks_dir") => "format = \"segmentation\"",
-            ("convert", "tile.overlap" | "tile.min_visible" | "tile.keep_empty" | "tile.edge") => "tile.size = 416",
-            ("convert", "tile.size") => "",
+            ("convert", p) if p.starts_with("tile.") && p != "tile.size" => "tile.size = 416",
             ("train" | "retrain", "soft_start") => "schedule = \"soft_start_annealing\"\nannealing_start = 1.0",
             ("train" | "retrain", "annealing_start") => "schedule = \"soft_start_annealing\"\nsoft_start = 0.0",
             _ => "",
@@ -398,11 +376,7 @@ mod tests {
     fn probes(k: &Key) -> (Vec<String>, Vec<String>) {
         let (mut ok, mut bad) = (Vec::new(), Vec::new());
         let int = matches!(k.ty, Ty::Int | Ty::IntList | Ty::Size);
-        let wrap = |s: String| match k.ty {
-            Ty::IntList => format!("[{s}]"),
-            Ty::NumOrClassMap => s,
-            _ => s,
-        };
+        let wrap = |s: String| if let Ty::IntList = k.ty { format!("[{s}]") } else { s };
         let step = |x: f64| if int { 1.0 } else { 1e-6 * x.abs().max(1.0) };
         if let Some((lo, incl)) = k.min {
             if incl {
@@ -505,8 +479,7 @@ mod tests {
             // An unknown key is refused at the top and in every nested table.
             for (path, k) in spec.iter().map(|k| (k.name, k)) {
                 if let Ty::Table(_) | Ty::PerClass(_) = k.ty {
-                    let ctx = context(kind.name(), &format!("{path}.x"));
-                    let ctx = if kind.name() == "convert" && path == "tile" { "tile.size = 416" } else { ctx };
+                    let ctx = context(kind.name(), &format!("{path}.no_such_key"));
                     assert!(parse(kind.name(), &format!("{ctx}\n{path}.no_such_key = 1")).is_err(), "`{}`: {path}.no_such_key accepted", kind.name());
                 }
             }

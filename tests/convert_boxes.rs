@@ -32,6 +32,26 @@ fn samples(p: &Project) -> BTreeMap<String, (u32, u32, DetectionTarget)> {
     out
 }
 
+/// The decoded image of sample `key` (any split); panics when there is none.
+fn sample_image(p: &Project, key: &str) -> image::RgbImage {
+    let root = p.path("outputs/t/convert/dataset");
+    let mut found = None;
+    for s in manifest(p).splits.values() {
+        for sh in &s.shards {
+            ShardReader::open(&root.join(sh))
+                .unwrap()
+                .for_each(|x| {
+                    if x.key == key {
+                        found = Some(image::load_from_memory(x.member("png").unwrap()).unwrap().to_rgb8());
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
+    found.unwrap_or_else(|| panic!("no sample `{key}`"))
+}
+
 fn run(p: &Project, toml: &str) -> (bool, String) {
     p.write("p.toml", &format!("[pipeline]\nname = \"t\"\n[stages.convert]\nkind = \"convert\"\n{toml}"));
     let o = p.run(&["run", "p.toml"]);
@@ -171,25 +191,10 @@ fn tiling_cuts_images_and_boxes() {
     assert!(b("big_x48_y28").is_empty());
     // the tile's pixels are the image's
     let img = image::open(p.path("d/big.png")).unwrap().to_rgb8();
-    let root = p.path("outputs/t/convert/dataset");
-    let m = manifest(&p);
-    let mut found = false;
-    for sh in &m.splits["train"].shards {
-        ShardReader::open(&root.join(sh))
-            .unwrap()
-            .for_each(|x| {
-                if x.key == "big_x52_y28" {
-                    let t = image::load_from_memory(x.member("png").unwrap()).unwrap().to_rgb8();
-                    assert_eq!(t.get_pixel(0, 0), img.get_pixel(52, 28));
-                    assert_eq!(t.get_pixel(47, 31), img.get_pixel(99, 59));
-                    found = true;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
-    assert!(found);
-    assert_eq!(m.splits["train"].boxes_per_class["tree"], 3);
+    let t = sample_image(&p, "big_x52_y28");
+    assert_eq!(t.get_pixel(0, 0), img.get_pixel(52, 28));
+    assert_eq!(t.get_pixel(47, 31), img.get_pixel(99, 59));
+    assert_eq!(manifest(&p).splits["train"].boxes_per_class["tree"], 3);
     // a lower threshold keeps box 2 in all three tiles; keep_empty = false drops box-less tiles
     let (ok, t) = run(&p, &format!("{base}tile = {{ size = [48, 32], min_visible = 0.3, keep_empty = false }}\n"));
     assert!(ok, "{t}");
@@ -207,26 +212,12 @@ fn tiling_cuts_images_and_boxes() {
     let b = |k: &str| s[k].2.boxes.iter().map(|b| b.bbox).collect::<Vec<_>>();
     assert_eq!(b("big_x96_y32"), vec![[0.0, 8.0, 4.0, 28.0]]);
     assert_eq!(b("big_x48_y0"), vec![[0.0, 4.0, 12.0, 14.0]]);
-    let m = manifest(&p);
-    let mut found = false;
-    for sh in &m.splits["train"].shards {
-        ShardReader::open(&root.join(sh))
-            .unwrap()
-            .for_each(|x| {
-                if x.key == "big_x96_y32" {
-                    let t = image::load_from_memory(x.member("png").unwrap()).unwrap().to_rgb8();
-                    assert_eq!((t.width(), t.height()), (48, 32));
-                    assert_eq!(t.get_pixel(0, 0), img.get_pixel(96, 32));
-                    assert_eq!(t.get_pixel(3, 27), img.get_pixel(99, 59));
-                    assert_eq!(t.get_pixel(4, 0), &image::Rgb([0, 0, 0]));
-                    assert_eq!(t.get_pixel(0, 28), &image::Rgb([0, 0, 0]));
-                    found = true;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
-    assert!(found);
+    let t = sample_image(&p, "big_x96_y32");
+    assert_eq!((t.width(), t.height()), (48, 32));
+    assert_eq!(t.get_pixel(0, 0), img.get_pixel(96, 32));
+    assert_eq!(t.get_pixel(3, 27), img.get_pixel(99, 59));
+    assert_eq!(t.get_pixel(4, 0), &image::Rgb([0, 0, 0]));
+    assert_eq!(t.get_pixel(0, 28), &image::Rgb([0, 0, 0]));
     // edge = "drop": only whole tiles (x 0, 48; y 0)
     let (ok, t) = run(&p, &format!("{base}tile = {{ size = [48, 32], edge = \"drop\" }}\n"));
     assert!(ok, "{t}");

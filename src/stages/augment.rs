@@ -259,6 +259,9 @@ impl StageKind for Augment {
     fn version(&self) -> u32 {
         1
     }
+    fn summary(&self) -> &'static str {
+        "write augmented copies of a dataset (spatial, colour, blur), boxes following"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

@@ -120,6 +120,9 @@ impl StageKind for Convert {
     fn version(&self) -> u32 {
         1
     }
+    fn summary(&self) -> &'static str {
+        "read a dataset (image folders, MNIST idx, KITTI, COCO, VOC, CSV, masks) into shards with splits"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

@@ -114,6 +114,9 @@ impl StageKind for Evaluate {
         // engine (onnxruntime on the CPU where it loads).
         3
     }
+    fn summary(&self) -> &'static str {
+        "score a model on a split (top-k, F1, confusion; COCO and TAO mAP for detectors)"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

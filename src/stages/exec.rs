@@ -49,6 +49,9 @@ impl StageKind for Exec {
     fn version(&self) -> u32 {
         1
     }
+    fn summary(&self) -> &'static str {
+        "run a command of your own with declared inputs and outputs"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

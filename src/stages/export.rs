@@ -53,6 +53,9 @@ impl StageKind for Export {
     fn version(&self) -> u32 {
         1
     }
+    fn summary(&self) -> &'static str {
+        "write ONNX (FP32/FP16) with a DeepStream config"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

@@ -30,6 +30,8 @@ pub mod train;
 pub trait StageKind: Send + Sync + fmt::Debug + 'static {
     /// The name used in `kind = "…"`.
     fn name(&self) -> &'static str;
+    /// What the stage does, in a line (`taoflow schema`'s descriptions).
+    fn summary(&self) -> &'static str;
     /// Implementation version: bump it when the kind's results change, and every stage of
     /// this kind runs again.
     fn version(&self) -> u32;

@@ -51,6 +51,9 @@ impl StageKind for Prune {
     fn version(&self) -> u32 {
         1
     }
+    fn summary(&self) -> &'static str {
+        "remove the channels that matter least"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

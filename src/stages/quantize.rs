@@ -70,6 +70,9 @@ impl StageKind for Quantize {
         // 2: the report names the engines of calibration and evaluation (onnxruntime where it loads).
         2
     }
+    fn summary(&self) -> &'static str {
+        "calibrate INT8 (QDQ ONNX, TensorRT calibration cache) and compare it with FP32"
+    }
     fn spec(&self) -> Vec<Key> {
         SPEC.to_vec()
     }

@@ -132,6 +132,9 @@ impl StageKind for Train {
     fn version(&self) -> u32 {
         1
     }
+    fn summary(&self) -> &'static str {
+        if self.retrain { "fine-tune a pruned model (`init`), keeping its structure" } else { "train or fine-tune a classifier or a DetectNet_v2 detector" }
+    }
     fn spec(&self) -> Vec<Key> {
         // `retrain` keeps its `init` model's structure: no `arch`, no `pretrained`.
         SPEC.iter()
