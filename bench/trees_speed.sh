@@ -11,33 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/taoflow}
 p=pipelines/trees-speed.toml
-python3 - > $p <<'PY'
-import re
-t = open("pipelines/detect-trees.toml").read()
-t = re.sub(r"\n\[stages\.(fetch|weights)\]\n(?:(?!\n\[).)*", "\n", t, flags=re.S)
-t = re.sub(r"\n\[stages\.augment\]\n(?:(?!\n\[stages\.train\]).)*", "\n", t, flags=re.S)
-t = t.replace('source = "fetch.images"', 'source = "work/deepforest"')
-t = t.replace('pretrained = "weights"', 'pretrained = "work/weights/mobilenet_v2-b0353104.pth"')
-t = t.replace('name = "detect-trees"', 'name = "trees-speed"')
-t = t.replace('dataset = "augment"\narch', 'dataset = "convert"\narch').replace("epochs = 20", "epochs = 1")
-t = t[:t.index("[stages.evaluate]")] + t[t.index("[stages.prune]"):t.index("[stages.retrain]")]
-for name, model in (("unpruned", "train.model"), ("pruned", "prune.model")):
-    t += f'''
-[stages.export_{name}]
-kind = "export"
-model = "{model}"
-
-[stages.int8_{name}]
-kind = "quantize"
-model = "{model}"
-dataset = "convert"
-calibration_batches = 2
-batch_size = 8
-activation_type = "uint8"
-eval_split = "none"
-'''
-print(t)
-PY
+{
+  python3 bench/trees_pipeline.py --name trees-speed --epochs 1 --drop augment evaluate retrain evaluate_retrained quantize export
+  for x in unpruned:train.model pruned:prune.model; do
+    printf '\n[stages.export_%s]\nkind = "export"\nmodel = "%s"\n' ${x%%:*} ${x#*:}
+    printf '\n[stages.int8_%s]\nkind = "quantize"\nmodel = "%s"\ndataset = "convert"\ncalibration_batches = 2\nbatch_size = 8\nactivation_type = "uint8"\neval_split = "none"\n' ${x%%:*} ${x#*:}
+  done
+} > $p
 "$BIN" run $p
 d=pipelines/outputs/trees-speed
 python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(json.dumps({k: m[k] for k in m if not isinstance(m[k], (list, dict))}))' $d/prune/model/metrics.json

@@ -15,16 +15,7 @@ for seed in ${SEEDS:-0 1 2}; do
   for variant in imagenet scratch; do
     name=trees-$variant-$seed
     p=pipelines/$name.toml
-    python3 - "$seed" "$name" "$variant" > $p <<'PY'
-import re, sys
-seed, name, variant = sys.argv[1:4]
-t = open("pipelines/detect-trees.toml").read()
-t = re.sub(r"\n\[stages\.(fetch|weights)\]\n(?:(?!\n\[).)*", "\n", t, flags=re.S)
-t = t.replace('source = "fetch.images"', 'source = "work/deepforest"')
-t = t.replace('pretrained = "weights"', '' if variant == "scratch" else 'pretrained = "work/weights/mobilenet_v2-b0353104.pth"')
-t = t.replace("seed = 3", f"seed = {seed}").replace('name = "detect-trees"', f'name = "{name}"')
-print(t)
-PY
+    python3 bench/trees_pipeline.py --name $name --seed $seed $([ $variant = scratch ] && echo --scratch) > $p
     "$BIN" run $p --device cuda --only convert --only augment --only train --only evaluate > "$OUT/$name.log" 2>&1
     python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], "AP50", round(m["coco"]["AP50"],4), "AP", round(m["coco"]["AP"],4), "TAO mAP", m["tao"]["map"], "img/s", round(m["inference"]["images_per_second"]))' pipelines/outputs/$name/evaluate/evaluation/metrics.json $name || tail -5 "$OUT/$name.log"
     grep -h "ran train" -A1 "$OUT/$name.log" | tail -1

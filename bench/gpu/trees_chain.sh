@@ -13,15 +13,8 @@ export TAOFLOW_GPUS=0 TAOFLOW_STORE=$OUT/store
 SEED=${SEED:-0}
 name=trees-chain-$SEED
 p=pipelines/$name.toml
-python3 - "$SEED" "$name" > $p <<'PY'
-import re, sys
-seed, name = sys.argv[1:3]
-t = open("pipelines/detect-trees.toml").read()
-t = re.sub(r"\n\[stages\.(fetch|weights)\]\n(?:(?!\n\[).)*", "\n", t, flags=re.S)
-t = t.replace('source = "fetch.images"', 'source = "work/deepforest"')
-t = t.replace('pretrained = "weights"', 'pretrained = "work/weights/mobilenet_v2-b0353104.pth"')
-t = t.replace("seed = 3", f"seed = {seed}").replace('name = "detect-trees"', f'name = "{name}"')
-t += '''
+{ python3 bench/trees_pipeline.py --name $name --seed $SEED; cat <<'EOF'
+
 [stages.export_unpruned]
 kind = "export"
 model = "train.model"
@@ -33,9 +26,8 @@ dataset = "convert"
 calibration_batches = 4
 batch_size = 8
 activation_type = "uint8"
-'''
-print(t)
-PY
+EOF
+} > $p
 "$BIN" run $p --device cuda > "$OUT/$name.log" 2>&1; echo "run exit $?"
 grep -E "^ *(ran|failed)|error" "$OUT/$name.log" | head -30
 d=pipelines/outputs/$name
