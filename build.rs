@@ -14,6 +14,21 @@ fn main() {
         if !inc.is_dir() {
             panic!("the `torch` feature needs libtorch's headers: `{}` is missing; run scripts/libtorch.sh (or set LIBTORCH)", inc.display());
         }
+        // The release the engine is built against, which the `taoflow` launcher checks
+        // before anything loads libtorch (src/runtime.rs): `build-version` of a libtorch
+        // folder (scripts/libtorch.sh writes one) or `version.py` of a torch package.
+        let root_dir = std::fs::canonicalize(&root).unwrap_or_else(|_| std::path::PathBuf::from(&root));
+        println!("cargo:rerun-if-changed={}", root_dir.join("build-version").display());
+        println!("cargo:rerun-if-changed={}", root_dir.join("version.py").display());
+        let version = std::fs::read_to_string(root_dir.join("build-version")).ok().map(|t| t.trim().to_string()).or_else(|| {
+            let text = std::fs::read_to_string(root_dir.join("version.py")).ok()?;
+            text.lines().find(|l| l.starts_with("__version__")).and_then(|l| l.split_once('=')).map(|(_, v)| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+        });
+        let Some(version) = version.filter(|v| !v.is_empty()) else {
+            panic!("the `torch` feature needs to know libtorch's version: neither `{0}/build-version` nor `{0}/version.py` is there (scripts/libtorch.sh writes build-version)", root_dir.display());
+        };
+        println!("cargo:rustc-env=TAOFLOW_LIBTORCH_VERSION={version}");
+        println!("cargo:rustc-env=TAOFLOW_BUILD_LIBTORCH={}", root_dir.display());
         cc::Build::new()
             .cpp(true)
             .file("src/model/torch/shim.cpp")

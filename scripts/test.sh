@@ -61,6 +61,10 @@ cargo check --locked --benches --quiet
 # kernels: libtorch 2.11 from PyPI's wheel (scripts/libtorch.sh, ~0.5 GB, cached in .libtorch/).
 bash scripts/libtorch.sh
 LD_LIBRARY_PATH="$PWD/.libtorch/lib:$LD_LIBRARY_PATH" cargo test --locked --features torch --lib model::torch 2>&1
+# The GPU build's `taoflow` launcher (src/runtime.rs) with no libtorch on LD_LIBRARY_PATH: it
+# finds one on its own, runs CPU stages, refuses another release with a clear error, and
+# `doctor` reports this GPU-less machine (tests/gpu_runtime.rs).
+cargo test --locked --features torch --test gpu_runtime 2>&1
 # On CI (.ci/run on a clean clone sets TAOFLOW_CI=1) the debug build (~4 GB) is not needed
 # again: dropping it before the release build halves the peak disk use. A developer's stays.
 if [ "${TAOFLOW_CI:-}" = "1" ]; then rm -rf target/debug; fi

@@ -9,6 +9,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   1    a stage failed, or was skipped because one it depends on failed
   2    the command line or the pipeline file is invalid
   3    the store or the workspace could not be read or written
+  4    (builds with the GPU engine) no libtorch of the right release was found: taoflow doctor
   130  interrupted (Ctrl-C or SIGTERM); nothing half-made was stored";
 
 /// `taoflow --version`: the crate version and the git commit it was built from (build.rs).
@@ -384,6 +385,16 @@ pub enum Command {
         /// Write it to this file instead of stdout.
         #[arg(short, long)]
         output: Option<std::path::PathBuf>,
+    },
+    /// What this machine offers and what taoflow will use: CPU engine threads, onnxruntime,
+    /// NVIDIA's driver and GPUs, libtorch (path, version, CUDA or not), cuDNN, NVRTC, the
+    /// store — and the fix for each missing piece.
+    Doctor {
+        /// Report the store of this pipeline file (default: the current folder's).
+        pipeline: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script: `taoflow completions bash > ~/.local/share/bash-completion/completions/taoflow`.
     Completions {

@@ -26,10 +26,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Where the store is: `--store`/`TAOFLOW_STORE`, else `cache/` in the nearest folder
 /// above the pipeline that has a `cache/` folder or is a git checkout, else beside it.
 pub fn store_root(flag: Option<&Path>, pipeline_dir: &Path) -> PathBuf {
-    match flag {
-        Some(s) => s.to_path_buf(),
-        None => config::project_root(pipeline_dir).join("cache"),
-    }
+    crate::runtime::store_root(flag, pipeline_dir)
 }
 
 /// The CUDA driver's JIT cache in the store: `CUDA_CACHE_PATH=<store>/cuda-jit` for `run`,
@@ -48,6 +45,14 @@ pub fn set_cuda_jit_cache(cli: &Cli) {
     let jit = store_root(cli.store.as_deref(), &dir).join("cuda-jit");
     // SAFETY: called from `main` before the async runtime or any other thread exists.
     unsafe { std::env::set_var("CUDA_CACHE_PATH", jit) };
+}
+
+/// The GPU engine's own look at libtorch for `doctor` (builds with the `torch` feature).
+fn torch_probe() -> Option<crate::runtime::TorchProbe> {
+    #[cfg(feature = "torch")]
+    return Some(crate::model::torch::probe());
+    #[cfg(not(feature = "torch"))]
+    None
 }
 
 fn eprint_error(msg: &str) {
@@ -308,6 +313,16 @@ pub async fn main(cli: Cli) -> i32 {
             };
             let g = images.as_ref().map(|dir| crate::tasks::detection::report::GridOptions { images: crate::tasks::detection::grid::Images::Dir(dir.clone()), count: *grid, min_score: *grid_score });
             eval_detections_cmd(gt, dets, &o, *json, out.as_deref(), g.as_ref())
+        }
+        Command::Doctor { pipeline, json } => {
+            let search = cfg!(feature = "torch").then(crate::runtime::find_libtorch);
+            let report = crate::runtime::doctor(crate::runtime::DoctorInput { store: cli.store.clone(), pipeline: pipeline.clone(), search, torch: torch_probe(), engine_missing: None });
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("the report serialises"));
+            } else {
+                print!("{}", crate::runtime::render(&report));
+            }
+            EXIT_OK
         }
         Command::Schema { output } => {
             let mut text = serde_json::to_string_pretty(&crate::schema::pipeline_schema()).expect("the schema serialises");

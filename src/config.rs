@@ -72,12 +72,7 @@ pub fn lock_path_for(dir: &Path, file: &Path) -> PathBuf {
 /// a git checkout, else the pipeline's own folder. The store defaults to its `cache/`; a
 /// sweep's variant workspaces mirror it.
 pub fn project_root(pipeline_dir: &Path) -> PathBuf {
-    for anc in pipeline_dir.ancestors() {
-        if anc.join("cache").is_dir() || anc.join(".git").exists() {
-            return anc.to_path_buf();
-        }
-    }
-    pipeline_dir.to_path_buf()
+    crate::runtime::project_root(pipeline_dir)
 }
 
 /// The folder a pipeline file lives in, canonical (relative paths and the store are

@@ -14,7 +14,7 @@
 //! Results are the same computation either way (parity tests), so no stage key depends on
 //! which path ran; the reports name the runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Loaded {
 static RUNTIME: OnceLock<Result<Loaded, String>> = OnceLock::new();
 
 /// The environment variable that points at (or switches off) onnxruntime.
-pub const ENV: &str = "TAOFLOW_ONNXRUNTIME";
+pub const ENV: &str = crate::runtime::ONNXRUNTIME_ENV;
 
 /// onnxruntime, loaded once per process; `Err` says why it is not used.
 pub fn runtime() -> Result<&'static Loaded, &'static str> {
@@ -56,10 +56,7 @@ fn load() -> Result<Loaded, String> {
     let path = locate()?;
     let env = ort::init_from(&path).map_err(|e| format!("cannot load `{}`: {e}", path.display()))?;
     let env = env.with_name("taoflow").with_telemetry(false).build().map_err(|e| format!("onnxruntime from `{}` did not start: {e}", path.display()))?;
-    let version = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split_once(".so.").map(|(_, v)| v.to_string()))
+    let version = crate::runtime::onnxruntime_version(&path)
         .unwrap_or_else(|| ort::info().split(',').find_map(|p| p.trim().strip_prefix("git-branch=rel-").map(str::to_string)).unwrap_or_else(|| "(unknown version)".into()));
     tracing::debug!("onnxruntime {version} from {}", path.display());
     Ok(Loaded { version, path, env })
@@ -67,57 +64,7 @@ fn load() -> Result<Loaded, String> {
 
 /// Where `libonnxruntime.so*` is (see the module docs), or why none is used.
 pub fn locate() -> Result<PathBuf, String> {
-    if let Ok(v) = std::env::var(ENV) {
-        let v = v.trim();
-        if matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "no" | "false" | "none" | "tract") {
-            return Err(format!("switched off by {ENV}={v}"));
-        }
-        if !v.is_empty() {
-            let p = PathBuf::from(v);
-            if p.is_file() {
-                return Ok(p);
-            }
-            return library_in(&p).or_else(|| library_in(&p.join("capi"))).ok_or_else(|| format!("{ENV}={v}: no libonnxruntime.so* there\n  = hint: point it at the library file, the folder holding it, or the `onnxruntime` package folder of a pip install"));
-        }
-    }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf))
-        && let Some(p) = library_in(&dir).or_else(|| library_in(&dir.join("lib")))
-    {
-        return Ok(p);
-    }
-    for py in ["python3", "python"] {
-        let out = std::process::Command::new(py)
-            .args(["-c", "import importlib.util as u; s = u.find_spec('onnxruntime'); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"])
-            .stderr(std::process::Stdio::null())
-            .output();
-        if let Ok(o) = out
-            && o.status.success()
-        {
-            let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if !dir.is_empty()
-                && let Some(p) = library_in(&Path::new(&dir).join("capi"))
-            {
-                return Ok(p);
-            }
-        }
-    }
-    Err(format!("no onnxruntime found (pip install onnxruntime, or set {ENV})"))
-}
-
-/// The newest `libonnxruntime.so.<version>` (or plain `libonnxruntime.so`) in `dir`.
-fn library_in(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let rest = name.strip_prefix("libonnxruntime.so")?;
-            let version: Option<Vec<u32>> = if rest.is_empty() { Some(Vec::new()) } else { rest.strip_prefix('.')?.split('.').map(|p| p.parse().ok()).collect() };
-            Some((version?, e.path()))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
+    crate::runtime::onnxruntime()
 }
 
 /// An output's dimensions and its values (row-major).

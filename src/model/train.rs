@@ -249,7 +249,7 @@ impl<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> BurnEngine<B> 
     pub fn new(graph: &ModelGraph, net: GraphNet<B>, cfg: &TrainConfig, device: &B::Device) -> Self {
         // Threads: the cores (at most 8), or TAOFLOW_TRAIN_THREADS. They only run the chunks;
         // what is computed does not depend on them.
-        let threads = std::env::var("TAOFLOW_TRAIN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
+        let threads = crate::runtime::cpu_engine_threads();
         BurnEngine { net: Some(net), opt: Optimizer::new(cfg.optim.clone()), graph: graph.clone(), objective: cfg.objective(graph), threads, chunks: None, device: device.clone() }
     }
 

@@ -300,8 +300,8 @@ async fn run(ctx: &RunCtx) -> Result<(), StageError> {
         .env("TAOFLOW_STAGE", &ctx.stage)
         .env("TAOFLOW_SEED", ctx.seed.to_string())
         .env("TAOFLOW_SCRATCH", &ctx.scratch)
-        .env("TAOFLOW_BIN", std::env::current_exe().unwrap_or_else(|_| "taoflow".into()))
         .process_group(0);
+    crate::runtime::prepare_child(&mut cmd);
     if !ctx.gpus.is_empty() {
         let ids: Vec<String> = ctx.gpus.iter().map(|g| g.to_string()).collect();
         cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));

@@ -183,7 +183,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
 
 /// What a stage says when it leased a GPU in a build without the `torch` feature.
 #[cfg(not(feature = "torch"))]
-pub const NO_GPU_BUILD: &str = "this taoflow was built without GPU training or inference\n  = hint: build with `--features torch` (scripts/libtorch.sh fetches libtorch; docs/gpu.md), or run on the CPU: `gpus = 0` / `taoflow run --device cpu`";
+pub const NO_GPU_BUILD: &str = "this taoflow was built without GPU training or inference\n  = hint: build it with the GPU engine (`--features torch`): `bash scripts/gpu-setup.sh` (README, On a GPU; `taoflow doctor` says what this machine has), or run on the CPU: `gpus = 0` / `taoflow run --device cpu`";
 
 /// The kind's own parsed form (`StageDef::typed`), cloned for a blocking task.
 pub fn typed<T: Clone + 'static>(ctx: &RunCtx, kind: &str) -> Result<T, StageError> {

@@ -104,18 +104,30 @@ pub struct Runtime {
 
 static CUDA_LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
 
-/// Load libtorch's CUDA half, once: `$TAOFLOW_LIBTORCH/lib`, else the dynamic linker's
-/// search path (LD_LIBRARY_PATH). Its static initialisers register the CUDA backend.
+/// Load libtorch's CUDA half, once: from `$TAOFLOW_LIBTORCH/lib` (the libtorch the
+/// `taoflow` launcher chose and checked, crate::runtime) and nowhere else when it is set;
+/// else by name (LD_LIBRARY_PATH). Its static initialisers register the CUDA backend.
 fn load_cuda() -> Result<(), String> {
     CUDA_LOADED
         .get_or_init(|| {
             let mut tried = Vec::new();
             let mut candidates = Vec::new();
-            if let Ok(dir) = std::env::var("TAOFLOW_LIBTORCH") {
-                candidates.push(format!("{dir}/lib/libtorch_cuda.so"));
-                candidates.push(format!("{dir}/libtorch_cuda.so"));
+            let chosen = std::env::var_os("TAOFLOW_LIBTORCH").filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
+            match &chosen {
+                Some(dir) => {
+                    let lib = if dir.join("lib").is_dir() { dir.join("lib") } else { dir.clone() };
+                    if !lib.join("libtorch_cuda.so").is_file() {
+                        let origin = std::env::var("TAOFLOW_LIBTORCH_ORIGIN").map(|o| format!(", from {o}")).unwrap_or_default();
+                        return Err(format!(
+                            "the libtorch in use ({}{origin}) is CPU only: it has no libtorch_cuda.so\n  = hint: install the GPU runtime: {}   (`taoflow doctor` shows what was found)",
+                            dir.display(),
+                            crate::runtime::setup_command()
+                        ));
+                    }
+                    candidates.push(lib.join("libtorch_cuda.so").display().to_string());
+                }
+                None => candidates.push("libtorch_cuda.so".into()),
             }
-            candidates.push("libtorch_cuda.so".into());
             for c in candidates {
                 let name = CString::new(c.clone()).map_err(|e| e.to_string())?;
                 // SAFETY: dlopen with a valid C string; the handle is kept for the process.
@@ -129,12 +141,20 @@ fn load_cuda() -> Result<(), String> {
                 tried.push(format!("{c}: {msg}"));
             }
             Err(format!(
-                "cannot load PyTorch's CUDA library (libtorch_cuda.so):\n    {}\n  = hint: point LD_LIBRARY_PATH (or TAOFLOW_LIBTORCH) at a PyTorch {} installation's torch/lib, e.g. `export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib`",
+                "cannot load PyTorch's CUDA library (libtorch_cuda.so):\n    {}\n  = hint: install the GPU runtime: {}   (`taoflow doctor` shows what was found)",
                 tried.join("\n    "),
-                LIBTORCH_VERSION
+                crate::runtime::setup_command()
             ))
         })
         .clone()
+}
+
+/// `taoflow doctor`'s look from inside the engine: does libtorch's CUDA half load, how many
+/// CUDA devices does libtorch see, is cuDNN available to it.
+pub fn probe() -> crate::runtime::TorchProbe {
+    let cuda = load_cuda();
+    let (devices, cudnn) = if cuda.is_ok() { (tch::Cuda::device_count(), tch::Cuda::cudnn_is_available()) } else { (0, false) };
+    crate::runtime::TorchProbe { cuda, devices, cudnn }
 }
 
 /// GPUs whose depthwise kernels are registered with the shim. The kernels stay loaded for
@@ -186,8 +206,6 @@ fn register_depthwise(index: usize, cache: Option<&std::path::Path>) -> Result<(
     Ok(())
 }
 
-/// The libtorch release this build was made against (scripts/libtorch.sh).
-pub const LIBTORCH_VERSION: &str = "2.11";
 
 impl Runtime {
     /// CUDA device `index`, with libtorch's CUDA half loaded, the precision's math mode set
