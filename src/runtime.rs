@@ -717,7 +717,7 @@ pub fn doctor(input: DoctorInput) -> Value {
     if let Some(t) = &torch {
         match &t.cuda {
             Err(e) => block(format!("libtorch's CUDA half did not load: {}", e.lines().next().unwrap_or(e)), setup_command()),
-            Ok(()) if t.devices == 0 => block("libtorch sees no CUDA device".into(), "check `nvidia-smi` and CUDA_VISIBLE_DEVICES".into()),
+            Ok(()) if t.devices == 0 && gpus > 0 => block("libtorch sees no CUDA device".into(), "check `nvidia-smi` and CUDA_VISIBLE_DEVICES".into()),
             Ok(()) => {}
         }
     }
