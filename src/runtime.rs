@@ -650,6 +650,27 @@ fn tempfile_probe(dir: &Path) -> bool {
     ok
 }
 
+/// Can our NVRTC kernels (GPU augment, the engine's depthwise convolutions) run: a GPU,
+/// NVRTC, and NVRTC not newer than the driver's CUDA (the driver refuses PTX of a newer
+/// ISA)? Else why, and the fix where there is one beyond "no GPU".
+fn kernel_check(gpus: usize, nvrtc: &Value, driver: &Value) -> Result<(), (String, Option<String>)> {
+    let pair = |v: &Value| v.as_str().and_then(|v| Some((v.split('.').next()?.parse::<u32>().ok()?, v.split('.').nth(1).unwrap_or("0").parse::<u32>().ok()?)));
+    if gpus == 0 {
+        return Err(("no GPU".into(), None));
+    }
+    if nvrtc["found"] != json!(true) {
+        return Err(("NVRTC not found".into(), Some("NVRTC (libnvrtc.so.13) was not found: GPU augment and our depthwise kernels need it; it comes with the GPU runtime (nvidia/cu13/lib), or put /usr/local/cuda/lib64 on LD_LIBRARY_PATH".into())));
+    }
+    let (n, d) = (nvrtc["version"].as_str().unwrap_or("?"), driver["cuda"].as_str().unwrap_or("?"));
+    match (pair(&nvrtc["version"]), pair(&driver["cuda"])) {
+        (Some(nv), Some(dv)) if nv > dv => Err((
+            format!("NVRTC {n} is newer than the driver's CUDA {d}"),
+            Some(format!("NVRTC {n} is newer than the driver's CUDA {d}, which refuses its PTX: put an NVRTC of CUDA {d} or older first on LD_LIBRARY_PATH (the GPU runtime's nvidia/cu13/lib), or update the driver")),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `taoflow doctor`: what this machine offers and what taoflow will use, with the fix for
 /// each missing piece, as JSON (`--json` prints it; [`render`] is the text form).
 pub fn doctor(input: DoctorInput) -> Value {
@@ -729,9 +750,11 @@ pub fn doctor(input: DoctorInput) -> Value {
         }
     }
     fixes.splice(0..0, first);
-    if gpus > 0 && nvrtc["found"] != json!(true) {
-        fixes.push("NVRTC (libnvrtc.so.13) was not found: GPU augment and our depthwise kernels need it; it comes with the GPU runtime (nvidia/cu13/lib), or put /usr/local/cuda/lib64 on LD_LIBRARY_PATH".into());
+    let kernels = kernel_check(gpus, &nvrtc, &driver);
+    if let Err((_, Some(fix))) = &kernels {
+        fixes.push(fix.clone());
     }
+    let kernels = kernels.map_err(|(why, _)| why);
     if store["exists"] == json!(true) && store["writable"] != json!(true) {
         fixes.push(format!("the store `{}` is not writable: pass --store DIR or set TAOFLOW_STORE", store["path"].as_str().unwrap_or("")));
     }
@@ -752,6 +775,9 @@ pub fn doctor(input: DoctorInput) -> Value {
             "gpu": gpu_blocker.is_none() && (torch.is_some() || search.as_ref().is_some_and(|s| s.chosen.is_some())),
             "gpu_blocker": gpu_blocker.as_ref().map(|(w, _)| w.clone()),
             "gpu_blockers": blockers.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(),
+            // GPU augment (`gpus = 1` on augment, any build) and the engine's depthwise kernels.
+            "gpu_kernels": kernels.is_ok(),
+            "gpu_kernels_blocker": kernels.err(),
         },
         "fixes": fixes,
     })
@@ -802,6 +828,7 @@ pub fn render(r: &Value) -> String {
     let free = st["free_bytes"].as_u64().map(|b| format!(", {:.1} GB free", b as f64 / 1e9)).unwrap_or_default();
     line("store", format!("{} ({}{free})", s(&st["path"]), if st["exists"] != json!(true) { "not created yet" } else if st["writable"] == json!(true) { "writable" } else { "NOT writable" }));
     line("ready", format!("CPU: yes; GPU (--device cuda): {}", if r["ready"]["gpu"] == json!(true) { "yes".to_string() } else { format!("no — {}", s(&r["ready"]["gpu_blocker"])) }));
+    line("", format!("our CUDA kernels (GPU augment, depthwise): {}", if r["ready"]["gpu_kernels"] == json!(true) { "yes".to_string() } else { format!("no — {}", s(&r["ready"]["gpu_kernels_blocker"])) }));
     for f in r["fixes"].as_array().into_iter().flatten() {
         line("fix", s(f));
     }
@@ -851,6 +878,19 @@ mod tests {
         assert_eq!(subcommand(&a(&["--version"])), None);
         assert_eq!(flag_value(&a(&["doctor", "--store=/x"]), "--store"), Some("/x".into()));
         assert_eq!(positional_after(&a(&["doctor", "--store", "s", "p/q.toml"]), "doctor"), Some("p/q.toml".into()));
+    }
+
+    #[test]
+    fn our_kernels_need_a_gpu_nvrtc_and_a_driver_as_new() {
+        let drv = |c: &str| json!({"cuda": c});
+        let nv = |v: &str| json!({"found": true, "version": v});
+        assert_eq!(kernel_check(0, &nv("13.0"), &drv("13.0")).unwrap_err().0, "no GPU");
+        assert!(kernel_check(1, &json!({"found": false}), &drv("13.0")).unwrap_err().1.unwrap().contains("libnvrtc"));
+        assert!(kernel_check(1, &nv("13.0"), &drv("13.0")).is_ok());
+        assert!(kernel_check(1, &nv("12.8"), &drv("13.0")).is_ok());
+        let (why, fix) = kernel_check(1, &nv("13.2"), &drv("13.0")).unwrap_err();
+        assert!(why.contains("13.2") && fix.unwrap().contains("CUDA 13.0 or older"));
+        assert!(kernel_check(1, &nv("13.10"), &drv("13.2")).is_err(), "minor versions compare as numbers");
     }
 
     #[test]

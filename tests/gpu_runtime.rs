@@ -37,6 +37,7 @@ fn doctor_reports_a_machine_without_a_gpu() {
     assert_eq!(r["driver"]["found"], false, "{r:#}");
     assert_eq!(r["ready"]["cpu"], true);
     assert_eq!(r["ready"]["gpu"], false);
+    assert_eq!((&r["ready"]["gpu_kernels"], &r["ready"]["gpu_kernels_blocker"]), (&serde_json::json!(false), &serde_json::json!("no GPU")));
     let blockers = r["ready"]["gpu_blockers"].as_array().unwrap();
     assert!(blockers.iter().any(|b| b.as_str().unwrap().contains("no NVIDIA driver")), "{r:#}");
     assert!(r["fixes"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("nvidia-smi")), "{r:#}");
