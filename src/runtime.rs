@@ -383,19 +383,23 @@ pub fn launch() -> ! {
     std::process::exit(EXIT_NO_LIBTORCH);
 }
 
-/// The subcommand of a taoflow command line: its first word that is not an option (the
-/// global `--store DIR` takes a value).
-fn subcommand(args: &[OsString]) -> Option<String> {
+/// The first word of `args` that is not an option (the global `--store DIR` takes a value).
+fn first_positional(args: &[OsString]) -> Option<&OsString> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
         if s == "--store" {
             it.next();
         } else if !s.starts_with('-') {
-            return Some(s.into_owned());
+            return Some(a);
         }
     }
     None
+}
+
+/// The subcommand of a taoflow command line.
+fn subcommand(args: &[OsString]) -> Option<String> {
+    first_positional(args).map(|a| a.to_string_lossy().into_owned())
 }
 
 fn flag_value(args: &[OsString], flag: &str) -> Option<OsString> {
@@ -412,17 +416,10 @@ fn flag_value(args: &[OsString], flag: &str) -> Option<OsString> {
     None
 }
 
+/// The first positional word after `word` (`doctor`'s pipeline).
 fn positional_after(args: &[OsString], word: &str) -> Option<OsString> {
-    let mut it = args.iter().skip_while(|a| a.as_os_str() != OsStr::new(word)).skip(1);
-    while let Some(a) = it.next() {
-        let s = a.to_string_lossy();
-        if s == "--store" {
-            it.next();
-        } else if !s.starts_with('-') {
-            return Some(a.clone());
-        }
-    }
-    None
+    let at = args.iter().position(|a| a.as_os_str() == OsStr::new(word))?;
+    first_positional(&args[at + 1..]).cloned()
 }
 
 /// Where the store is: `--store`/`TAOFLOW_STORE`, else `cache/` in the nearest folder
